@@ -1,0 +1,1 @@
+"""Scenarios and their LoRA adapters: specs, PEFT training, registry."""

@@ -1,0 +1,126 @@
+"""Fitting what a scenario stores: the LLM/retriever fusion weight, and the LoRA adapter.
+
+Both learn only from the training part of the leave-one-out split (the adapter) or the
+validation targets (the weight); test targets are never touched here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, Scenario, load_scenario, user_scenario_path
+from llmrec.adapters.train import LoraTrainConfig, RankingExample, train_lora
+from llmrec.agents.ranker import LLMScores, fuse
+from llmrec.eval.metrics import ndcg_at
+from llmrec.eval.split import LeaveOneOutSplit
+from llmrec.settings import Settings
+
+WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
+
+
+def choose_weight(runs: Sequence[tuple[Sequence[str], LLMScores, Sequence[int], str]], grid=WEIGHT_GRID, k: int = 10) -> dict[float, float]:
+    """Mean NDCG@k per weight over (candidate ids, scores, retriever ranks, target) runs."""
+    table = {}
+    for weight in grid:
+        total = 0.0
+        for ids, scores, ranks, target in runs:
+            fused = fuse(scores.logprobs, ranks, weight)
+            ranked = [ids[i] for i in sorted(range(len(ids)), key=lambda i: (-fused[i], ranks[i]))]
+            total += ndcg_at(ranked, target, k)
+        table[weight] = total / max(len(runs), 1)
+    return table
+
+
+def best_weight(table: dict[float, float]) -> float:
+    """Highest metric; on a tie, the larger weight (closer to the retriever's order) wins."""
+    return max(table, key=lambda w: (round(table[w], 6), w))
+
+
+def fit_fusion_weight(settings: Settings, scenario_name: str, users: int = 300, batch: int = 16) -> tuple[Scenario, dict[str, float]]:
+    from llmrec.commands import sample
+    from llmrec.pipeline import build_pipeline
+    from llmrec.retrieval.datasets import load_dataset
+
+    home = settings.resolved_home()
+    scenario = load_scenario(scenario_name, home)
+    split = LeaveOneOutSplit.from_dataset(load_dataset(scenario.dataset, home))
+    pipeline = build_pipeline(settings, scenario_name, train_histories=split.train_histories())
+    chosen = sample(split.valid_users(), users, settings.seed)
+    runs = []
+    for start in tqdm(range(0, len(chosen), batch), desc="fusion fit (validation users)", unit="batch"):
+        group = chosen[start : start + batch]
+        requests = []
+        for user in group:
+            history = split.valid_history(user)
+            requests.append((pipeline.items(history.item_ids), pipeline.retriever.retrieve(history, settings.candidates)))
+        for user, (_, candidates), scores in zip(group, requests, pipeline.ranker.score_many(requests)):
+            runs.append(([c.item_id for c in candidates], scores, [c.retriever_rank for c in candidates], split.valid[user]))
+    table = choose_weight(runs)
+    weight = best_weight(table)
+    grid = {("inf" if math.isinf(w) else str(w)): round(v, 5) for w, v in table.items()}
+    scenario.fusion = FusionSpec(
+        weight=None if math.isinf(weight) else weight,
+        fitted_on=FusionFit(split=f"{scenario.dataset} leave-one-out, validation targets", users=len(runs), grid=grid,
+                            model=pipeline.engine.model_name, adapter=scenario.adapter.name if scenario.adapter else None,
+                            permutations=settings.permutations),
+    )
+    return scenario, grid
+
+
+def ranking_examples(settings: Settings, scenario_name: str, n: int) -> tuple[list[RankingExample], str]:
+    """Training prompts from the training split: history prefix → the next training item among the candidates.
+
+    The true item replaces a random candidate when the retriever missed it, so its label position
+    carries no signal; the retriever is fitted on training histories only.
+    """
+    from llmrec.agents.engines import TokenizerFormatter
+    from llmrec.agents.models import resolve_model
+    from llmrec.pipeline import build_index
+    from llmrec.prompts import RankPromptBuilder, RankPromptConfig
+    from llmrec.prompts.builders import LABELS
+    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.retrieval.retrievers import HybridRetriever
+    from llmrec.schemas import UserHistory
+
+    home = settings.resolved_home()
+    scenario = load_scenario(scenario_name, home)
+    dataset = load_dataset(scenario.dataset, home)
+    split = LeaveOneOutSplit.from_dataset(dataset)
+    retriever = HybridRetriever(index=build_index(settings, dataset)).fit(split.train_histories())
+    model = resolve_model(settings.model, home)
+    formatter = TokenizerFormatter(model)
+    builder = RankPromptBuilder(RankPromptConfig(domain=scenario.domain, max_history_items=settings.max_history_items,
+                                                 token_budget=settings.max_model_len - 16))
+    rng = random.Random(settings.seed)
+    positions = [(u, p) for u, items in split.train.items() for p in range(max(1, len(items) - 20), len(items)) if p >= 1]
+    rng.shuffle(positions)
+    examples = []
+    label_ids = formatter.label_token_ids(LABELS[: settings.candidates])
+    for user, p in tqdm(positions[:n], desc="training prompts"):
+        items = split.train[user]
+        prefix, target = items[:p], items[p]
+        candidates = [c.item_id for c in retriever.retrieve(UserHistory(user_id=user, item_ids=prefix), settings.candidates)]
+        if target not in candidates:
+            candidates[rng.randrange(len(candidates))] = target
+        prompt = builder.build(formatter, [dataset.items[i] for i in prefix], [dataset.items[i] for i in candidates])
+        examples.append(RankingExample(prompt.text, tuple(label_ids[: len(candidates)]), candidates.index(target)))
+    return examples, model
+
+
+def train_scenario_adapter(settings: Settings, scenario_name: str, config: LoraTrainConfig, examples: int = 2000) -> tuple[Path, dict]:
+    from llmrec.adapters.scenario import save_scenario
+
+    home = settings.resolved_home()
+    scenario = load_scenario(scenario_name, home)
+    data, model = ranking_examples(settings, scenario_name, examples)
+    out = user_scenario_path(home, scenario_name).parent / "adapter"
+    manifest = train_lora(model, data, out, config, manifest_extra={"scenario": scenario_name, "dataset": scenario.dataset})
+    scenario.adapter = AdapterSpec(name=scenario_name, path=str(out))
+    scenario.fusion = FusionSpec()  # the old weight was fitted without this adapter
+    save_scenario(scenario, home)
+    return out, manifest

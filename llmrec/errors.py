@@ -1,0 +1,51 @@
+"""Typed errors. The CLI maps each to a one-line message and an exit code; nothing else should escape."""
+
+
+class LLMRecError(Exception):
+    """Base of every error llmrec reports to a user."""
+
+    exit_code = 1
+
+
+class UnknownUser(LLMRecError):
+    exit_code = 3
+
+
+class UnknownItem(LLMRecError):
+    exit_code = 3
+
+
+class UnknownScenario(LLMRecError):
+    exit_code = 3
+
+
+class EmptyHistory(LLMRecError):
+    exit_code = 3
+
+
+class DatasetError(LLMRecError):
+    """A dataset file is missing or malformed."""
+
+    exit_code = 4
+
+
+class AssetError(LLMRecError):
+    """A model or data asset could not be fetched, verified or converted."""
+
+    exit_code = 5
+
+
+class AdapterMismatch(LLMRecError):
+    """A LoRA adapter was built for another base model, or is not a PEFT folder."""
+
+    exit_code = 6
+
+
+class LLMUnavailable(LLMRecError):
+    """The LLM engine failed or timed out; callers fall back to the retriever's order."""
+
+    exit_code = 7
+
+
+class ChromaUnavailable(LLMRecError):
+    exit_code = 8

@@ -1,0 +1,71 @@
+"""One small Protocol per swappable stage. `llmrec.pipeline.build_pipeline` is the only place that wires them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from llmrec.schemas import Candidate, Explanation, Item, RankedItem, UserHistory
+
+
+class AdapterRef(Protocol):
+    """A LoRA adapter as the engines need it: a served name and a PEFT folder."""
+
+    name: str
+    path: str
+
+
+@runtime_checkable
+class HistoryLookup(Protocol):
+    def __call__(self, user_id: str) -> UserHistory: ...
+
+
+@runtime_checkable
+class Retriever(Protocol):
+    """Turns a history into up to `k` unseen candidates, best first."""
+
+    name: str
+
+    def retrieve(self, history: UserHistory, k: int) -> list[Candidate]: ...
+
+
+@runtime_checkable
+class LLMEngine(Protocol):
+    """What the ranker and explainer need from an LLM, whether in-process vLLM or a vLLM server."""
+
+    model_name: str
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def chat_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
+        """Render a chat turn with the model's template, ready for raw completion."""
+        ...
+
+    def label_token_ids(self, labels: Sequence[str]) -> list[int]:
+        """The single token each label is written as right after the assistant prefix."""
+        ...
+
+    def score_next_token(
+        self, prompts: Sequence[str], token_ids: Sequence[int], adapter: AdapterRef | None = None
+    ) -> list[list[float]]:
+        """Log-probability of each of `token_ids` at the next position, one forward pass per prompt."""
+        ...
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        max_tokens: int,
+        adapter: AdapterRef | None = None,
+        temperature: float = 0.0,
+        stop: Sequence[str] = (),
+    ) -> list[str]: ...
+
+
+@runtime_checkable
+class Ranker(Protocol):
+    def rank(self, history: Sequence[Item], candidates: Sequence[Candidate]) -> list[RankedItem]: ...
+
+
+@runtime_checkable
+class Explainer(Protocol):
+    def explain(self, history: Sequence[Item], items: Sequence[Item]) -> list[Explanation]: ...

@@ -1,0 +1,41 @@
+"""Reusable fakes for unit tests of llmrec's own logic. Never used to claim that a feature works."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from llmrec.errors import LLMUnavailable
+
+
+class ScriptedEngine:
+    """An LLMEngine whose label scores and generations come from functions of the prompt."""
+
+    model_name = "scripted"
+
+    def __init__(self, score: Callable[[str, int], list[float]] | None = None,
+                 text: Callable[[str], str] | None = None, fail: str | None = None):
+        self._score = score or (lambda prompt, n: [0.0] * n)
+        self._text = text or (lambda prompt: "")
+        self.fail = fail
+        self.calls: list[tuple[str, int]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def chat_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
+        return f"{system}\n{user}\n{assistant_prefix}"
+
+    def label_token_ids(self, labels: Sequence[str]) -> list[int]:
+        return list(range(len(labels)))
+
+    def score_next_token(self, prompts, token_ids, adapter=None):
+        if self.fail:
+            raise LLMUnavailable(self.fail)
+        self.calls.append(("score", len(prompts)))
+        return [self._score(p, len(token_ids)) for p in prompts]
+
+    def generate(self, prompts, max_tokens, adapter=None, temperature=0.0, stop=()):
+        if self.fail:
+            raise LLMUnavailable(self.fail)
+        self.calls.append(("generate", len(prompts)))
+        return [self._text(p) for p in prompts]

@@ -1,0 +1,70 @@
+"""Shared fixtures. The LLM fixtures use the real vLLM CPU engine and the real SmolLM2 folder.
+
+The cache is LLMREC_HOME (as `make test` bootstraps it); nothing is downloaded from a hub.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+
+
+@pytest.fixture(scope="session")
+def settings():
+    from llmrec.settings import Settings
+
+    return Settings()
+
+
+@pytest.fixture(scope="session")
+def home(settings):
+    return settings.resolved_home()
+
+
+@pytest.fixture(scope="session")
+def model_dir(home):
+    from llmrec.agents.models import ensure_smollm2
+
+    return str(ensure_smollm2(home))
+
+
+@pytest.fixture(scope="session")
+def engine(settings, model_dir):
+    """One LoRA-enabled in-process engine for the whole session (loading costs ~20 s)."""
+    from llmrec.agents.engines import EngineConfig, InProcessVLLM
+    from llmrec.agents.models import pick_dtype
+
+    engine = InProcessVLLM(EngineConfig(model=model_dir, dtype=pick_dtype(), max_adapters=1, timeout_s=300))
+    engine.llm  # noqa: B018 - load now, so test timings are honest
+    return engine
+
+
+@pytest.fixture(scope="session")
+def pipeline(settings, engine):
+    from llmrec.pipeline import build_pipeline
+
+    return build_pipeline(settings, "movies", engine=engine, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(tmp_path_factory, settings, model_dir):
+    """A real PEFT LoRA adapter, trained for a few steps on real ML-100K ranking prompts."""
+    from llmrec.adapters.fit import ranking_examples
+    from llmrec.adapters.scenario import AdapterSpec
+    from llmrec.adapters.train import LoraTrainConfig, train_lora
+
+    examples, model = ranking_examples(settings, "movies", 8)
+    out = tmp_path_factory.mktemp("adapter") / "movies-tiny"
+    config = LoraTrainConfig(steps=4, batch_size=2, learning_rate=3e-3, rank=8)
+    manifest = train_lora(model, examples, out, config, progress=False)
+    return AdapterSpec(name="movies-tiny", path=str(out)), manifest
