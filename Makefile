@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 LLMREC := $(VENV)/bin/llmrec
 USER_ID ?= 196
 
-.PHONY: install bootstrap demo test bench clean
+.PHONY: install bootstrap demo test bench clean baselines eval
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,5 +26,20 @@ demo: bootstrap
 test: bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider
 
+# SASRec (RecBole 1.2.1) as an external peer for `llmrec eval --baselines sasrec`. RecBole's pins clash with
+# vLLM's, so it gets its own venv; torch first (CPU wheel), ray/setuptools pinned for `recbole.quick_start`.
+RECBOLE_VENV ?= .venv-recbole
+
+$(RECBOLE_VENV)/.installed:
+	python3 -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(RECBOLE_VENV)/bin/python -m pip install -q recbole==1.2.1 "numpy<2" "scipy<1.13" "pandas<3" "ray==2.6.3" "setuptools<81"
+	touch $@
+
+baselines: $(RECBOLE_VENV)/.installed
+
+eval: bootstrap
+	$(LLMREC) eval --dataset ml-100k --scenario movies --out reports/ml100k
+
 clean:
-	rm -rf $(VENV) .llmrec
+	rm -rf $(VENV) $(RECBOLE_VENV) .llmrec

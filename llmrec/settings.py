@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     max_model_len: int = Field(default=2048)
     enforce_eager: bool = Field(default=True, description="Skip vLLM's compile warm-up (~60 s) at some cost in speed.")
     candidates: int = Field(default=20, ge=2, le=26, description="How many candidates the retriever hands to the LLM (labels A..Z).")
-    max_history_items: int = Field(default=15, ge=1, description="Most recent history items put into prompts.")
+    max_history_items: int = Field(default=10, ge=1, description="Most recent history items put into prompts.")
     permutations: int = Field(default=1, ge=1, le=8, description="Candidate orders averaged to damp position bias.")
     seed: int = 0
 

@@ -77,7 +77,7 @@ def render_blocks(name: str, **variables: object) -> tuple[str, str, str]:
 class RankPromptConfig(BaseModel):
     template: str = Field(default="rank_v1", description="Template file name under prompts/templates, versioned.")
     domain: str = Field(default="movie", description="Noun for the items, e.g. 'movie', 'book'.")
-    max_history_items: int = Field(default=15, ge=1)
+    max_history_items: int = Field(default=10, ge=1)
     with_genres: bool = True
     token_budget: int = Field(default=1900, description="Prompt tokens allowed; older history is dropped to fit.")
 

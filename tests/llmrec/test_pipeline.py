@@ -91,3 +91,22 @@ def test_prompt_injection_in_item_text_does_not_reach_the_model(pipeline, engine
         pipeline.ranker.catalog = pipeline.dataset.items
     assert sorted(r.item_id for r in ranked) == sorted(c.item_id for c in candidates)
     assert "HACKED" not in explanation.text and "gnore previous" not in explanation.text
+
+
+def test_chroma_failure_mid_run_falls_back_to_collaborative_candidates(pipeline):
+    from llmrec.errors import ChromaUnavailable
+
+    class DeadChroma:
+        name = "hybrid"
+
+        def retrieve(self, history, k):
+            raise ChromaUnavailable("server at http://127.0.0.1:1 went away")
+
+    original = pipeline.retriever
+    pipeline.retriever = DeadChroma()
+    try:
+        response = pipeline.recommend(RecommendRequest(user_id="196", k=3))
+    finally:
+        pipeline.retriever = original
+    assert len(response.recommendations) == 3
+    assert any("Chroma was unavailable" in note for note in response.notes)
