@@ -47,33 +47,6 @@ def _finish(prefix: str, continuation: str) -> str:
     return (prefix.strip() + text).strip()
 
 
-class LLMExplainerConfig(BaseModel):
-    max_tokens: int = Field(default=48, ge=8, le=256)
-    retries: int = Field(default=1, ge=0, le=3)
-    retry_temperature: float = 0.8
-
-
-def template_explanation(history: Sequence[Item], target: Item, related: Sequence[Item]) -> str:
-    """A sentence that states only catalog facts and titles from the user's history."""
-    anchors = [f'"{safe_title(item)}"' for item in related[:2]] or ["what you watched"]
-    shared = sorted(set(target.genres) & {g for item in related[:2] for g in item.genres})
-    because = " and ".join(anchors)
-    title = f'"{safe_title(target)}"' + (f" ({target.year})" if target.year else "")
-    if shared:
-        return f"Because you watched {because}, you may like {title}, which shares their {', '.join(shared)}."
-    return f"Because you watched {because}, you may like {title}."
-
-
-def _finish(prefix: str, continuation: str) -> str:
-    """Prefix plus the first sentence of the continuation, on one line."""
-    text = (prefix.strip() + continuation).split("\n")[0].strip()
-    for end in (". ", "! ", "? "):
-        if end in text:
-            text = text.split(end)[0] + end.strip()
-            break
-    return text
-
-
 class LLMExplainer:
     def __init__(self, engine: LLMEngine, prompts: ExplainPromptBuilder, validator: GroundingValidator,
                  config: LLMExplainerConfig | None = None, adapter: AdapterRef | None = None):
@@ -98,6 +71,8 @@ class LLMExplainer:
             for i, continuation in zip(pending, outputs):
                 text = _finish(built[i][1], continuation)
                 cited, found = self.validator.check(text, history, items[i])
+                if len(text[len(built[i][1].strip()):].split()) < 2:
+                    found = (*found, "no-reason")  # the model stopped right after the pre-filled words
                 if found:
                     problems[i].extend(found)
                     still.append(i)

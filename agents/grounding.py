@@ -65,6 +65,8 @@ class GroundingValidator:
                 cited.extend(history_keys[key])
             elif key != target_key:
                 problems.append("unwatched-title")
+        # Genres and years are checked outside quoted titles: "2001: A Space Odyssey" states no year.
+        unquoted = re.sub(r'"[^"]*"', " ", text)
         padded = f" {_norm(text)} "
         for key, items in history_keys.items():  # short history titles count when quoted
             if len(key) < 6 and f'"{items[0].title.lower()}"' in text.lower():
@@ -72,12 +74,13 @@ class GroundingValidator:
         if not cited:
             problems.append("no-history-citation")
         allowed_genres = {_norm(g) for item in [target, *cited] for g in item.genres}
+        residual = f" {_norm(unquoted)} "
         for key in self.genres:
-            if f" {key} " in padded and key not in allowed_genres:
+            if f" {key} " in residual and key not in allowed_genres:
                 problems.append("wrong-genre")
                 break
         allowed_years = {item.year for item in [target, *cited] if item.year}
-        if any(int(y) not in allowed_years for y in _YEAR.findall(text)):
+        if any(int(y) not in allowed_years for y in _YEAR.findall(unquoted)):
             problems.append("wrong-year")
         cited_ids = tuple(dict.fromkeys(item.item_id for item in cited))
         return cited_ids, tuple(dict.fromkeys(problems))

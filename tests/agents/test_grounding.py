@@ -41,3 +41,11 @@ def test_citations_are_reported_by_id():
 def test_short_common_word_titles_do_not_count_as_citations():
     # "Heat" is a catalog title but also a word: unquoted it is not a citation of an unwatched film.
     assert "unwatched-title" not in V.check('Because you watched "Toy Story", feel the heat of "Aladdin".', HISTORY, TARGET)[1]
+
+
+def test_years_and_genre_words_inside_quoted_titles_are_not_claims():
+    catalog = CATALOG + [Item(item_id="9", title="2001: A Space Odyssey", year=1968, genres=("Drama", "Mystery", "Sci-Fi"))]
+    validator = GroundingValidator(catalog)
+    text = 'Because you watched "2001: A Space Odyssey", you may like "Star Wars" (1977), a sci-fi adventure.'
+    cited, problems = validator.check(text, [catalog[-1]], catalog[5])
+    assert cited == ("9",) and problems == ()
