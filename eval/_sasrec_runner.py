@@ -41,6 +41,10 @@ def main() -> None:
     from recbole.trainer import Trainer
     from recbole.utils import init_logger, init_seed
 
+    # Importing recbole's sequential models runs `torch.autograd.set_detect_anomaly(True)` (module level of
+    # sine.py): anomaly mode records a Python stack for every op and made an epoch many times slower here.
+    torch.autograd.set_detect_anomaly(False)
+
     config = Config(model="SASRec", dataset=args.dataset, config_dict={
         "data_path": str(work / "data"), "benchmark_filename": ["train", "valid", "test"],
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": None,
@@ -81,11 +85,11 @@ def main() -> None:
                 keep = top[row][torch.isfinite(values[row])].numpy()
                 rankings[str(user)] = [str(t) for t in dataset.id2token("item_id", keep)]
     result = {
-        "rankings": rankings, "epochs": args.epochs, "best_epoch": int(checkpoint.get("cur_epoch", -1)),
+        "rankings": rankings, "epochs": args.epochs, "best_epoch": int(checkpoint.get("epoch", -1)),
         "train_seconds": round(train_s, 1), "best_valid_ndcg10": float(best_valid),
         "best_valid_result": {k: float(v) for k, v in best_result.items()},
         "items_in_vocabulary": int(dataset.item_num - 1), "train_rows": len(train_data.dataset),
-        "recbole_config": {k: config[k] for k in ("n_layers", "n_heads", "hidden_size", "dropout_prob", "learning_rate",
+        "recbole_config": {k: config[k] for k in ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob", "attn_dropout_prob", "learning_rate",
                                                    "train_batch_size", "MAX_ITEM_LIST_LENGTH", "loss_type", "seed")},
     }
     (work / "result.json").write_text(json.dumps(result))

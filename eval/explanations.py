@@ -50,6 +50,8 @@ class ExplanationQuality(BaseModel):
     seconds_per_user: list[float]
     problems: dict[str, int]
     examples: list[dict]
+    final_failures: list[dict]
+    """Final texts that fail the validator when checked again (the explainer should never return one)."""
 
 
 def tokens(text: str) -> set[str]:
@@ -87,12 +89,16 @@ def measure(explainer: LLMExplainer, catalog: Mapping[str, Item], cases: Sequenc
     n = len(produced)
     problems: dict[str, int] = {}
     final_grounded = final_faithful = 0
+    failures = []
     for case, item, exp in produced:
         for p in exp.problems:
             problems[p] = problems.get(p, 0) + 1
         _, found = explainer.validator.check(exp.text, [catalog[i] for i in case.history.item_ids], item)
         final_grounded += not (set(found) & GROUNDING)
         final_faithful += not (set(found) & ATTRIBUTES)
+        if found:
+            failures.append({"user_id": case.user_id, "item_id": item.item_id, "source": exp.source, "text": exp.text,
+                             "problems": list(found)})
     texts = [e.text for _, _, e in produced]
     return ExplanationQuality(
         users=len(cases), explanations=n,
@@ -106,4 +112,5 @@ def measure(explainer: LLMExplainer, catalog: Mapping[str, Item], cases: Sequenc
         mean_words=statistics.fmean(len(t.split()) for t in texts), seconds_per_user=seconds,
         problems=dict(sorted(problems.items())),
         examples=[{"user_id": c.user_id, "item": i.label(), "source": e.source, "text": e.text} for c, i, e in produced[:8]],
+        final_failures=failures,
     )

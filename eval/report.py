@@ -94,6 +94,12 @@ class OutputFolder:
         self.staging.mkdir(parents=True)
         return self.staging
 
+    def abandon(self) -> None:
+        """Drop the staged files of a failed run; `out` keeps whatever it held before."""
+        shutil.rmtree(self.staging, ignore_errors=True)
+        if self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
     def commit(self) -> list[Path]:
         """Check again (another run may have finished meanwhile), drop the old run's files, move ours in."""
         self.check()
@@ -126,7 +132,8 @@ def read_rankings(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def write_json(path: Path, payload: Mapping) -> Path:
+def to_plain(payload: Mapping) -> dict:
+    """JSON types only: pydantic models dumped, paths as strings, non-finite floats as strings ('inf')."""
     def default(value):
         if hasattr(value, "model_dump"):
             return value.model_dump(mode="json")
@@ -143,5 +150,9 @@ def write_json(path: Path, payload: Mapping) -> Path:
             return [finite(v) for v in value]
         return value
 
-    path.write_text(json.dumps(finite(json.loads(json.dumps(payload, default=default))), indent=2) + "\n")
+    return finite(json.loads(json.dumps(payload, default=default)))
+
+
+def write_json(path: Path, payload: Mapping) -> Path:
+    path.write_text(json.dumps(to_plain(payload), indent=2) + "\n")
     return path

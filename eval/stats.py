@@ -8,6 +8,7 @@ two methods on the same users with ranx (Student's paired t-test or Fisher's ran
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -117,22 +118,24 @@ def paired_test(rankings_a: Mapping[str, Sequence[str]], rankings_b: Mapping[str
     """ranx `compare` of two runs on per-user `metric` (one relevant item per user); p-value of a vs b."""
     from ranx import Qrels, compare
 
-    qrels = Qrels({u: {targets[u]: 1} for u in users})
-    run_a, run_b = _run(rankings_a, users, names[0]), _run(rankings_b, users, names[1])
-    report = compare(qrels, [run_a, run_b], metrics=[metric], stat_test=test, max_p=0.05, random_seed=0)
-    d = report.to_dict()
     k = int(metric.split("@")[1])
     per_a = np.array([ndcg_at(rankings_a[u], targets[u], k) for u in users])
     per_b = np.array([ndcg_at(rankings_b[u], targets[u], k) for u in users])
     diff = per_a - per_b
-    p = d[names[0]]["comparisons"][names[1]][metric]
-    note = ""
-    if not np.any(diff):
-        p, note = 1.0, "identical per-user values: no difference to test"
-    elif p is None or (isinstance(p, float) and math.isnan(p)):
-        p, note = None, "test undefined"
-    if abs(d[names[0]]["scores"][metric] - per_a.mean()) > 1e-6:
-        note = (note + "; " if note else "") + "ranx and llmrec metric values differ"
+    p: float | None = 1.0
+    note = "identical per-user values: no difference to test"
+    if np.any(diff):
+        qrels = Qrels({u: {targets[u]: 1} for u in users})
+        with warnings.catch_warnings():  # a t-test over very few users divides by zero; reported as undefined below
+            warnings.simplefilter("ignore", RuntimeWarning)
+            report = compare(qrels, [_run(rankings_a, users, names[0]), _run(rankings_b, users, names[1])], metrics=[metric],
+                             stat_test=test, max_p=0.05, random_seed=0)
+        d = report.to_dict()
+        p, note = d[names[0]]["comparisons"][names[1]][metric], ""
+        if p is None or math.isnan(p):
+            p, note = None, "test undefined (too few users?)"
+        if abs(d[names[0]]["scores"][metric] - per_a.mean()) > 1e-6:
+            note = (note + "; " if note else "") + "ranx and llmrec metric values differ"
     return PairedTest(a=names[0], b=names[1], metric=metric.upper(), test=test, users=len(users),
                       mean_a=float(per_a.mean()), mean_b=float(per_b.mean()), p_value=None if p is None else float(p),
                       wins=int((diff > 0).sum()), ties=int((diff == 0).sum()), losses=int((diff < 0).sum()), note=note)

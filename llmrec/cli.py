@@ -48,7 +48,28 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--examples", type=int, default=2000)
     train.add_argument("--learning-rate", type=float, default=2e-4)
+    _eval_parser(sub)
     return top
+
+
+def _eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="every method on the leave-one-out split: report.json/.md, per-user rankings, plots")
+    _common(ev)
+    ev.add_argument("--dataset", help="the scenario's dataset (checked against it); default: the scenario's")
+    ev.add_argument("--out", required=True, help="output folder, e.g. reports/ml100k")
+    ev.add_argument("--users", type=int, help="seeded sample of test users (default: all)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--force", action="store_true", help="replace a report of a different run in --out")
+    ev.add_argument("--sampled", action="store_true", help="also the sampled protocol (target + 19 negatives; inflated)")
+    ev.add_argument("--baselines", default="", help="comma-separated external peers: sasrec (needs `make baselines`)")
+    ev.add_argument("--sasrec-epochs", type=int, default=2, help="SASRec training epochs (~165 s each on 2 CPU cores)")
+    ev.add_argument("--position-bias-users", type=int, default=5)
+    ev.add_argument("--bias-permutations", type=int, default=3, help="candidate orders averaged in the damped position-bias run")
+    ev.add_argument("--explain-users", type=int, default=20)
+    ev.add_argument("--explain-k", type=int, default=5)
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    ev.add_argument("--stat-test", choices=["student", "fisher"], default="student")
+    ev.add_argument("--batch", type=int, default=16, help="users per LLM engine call")
 
 
 def settings_from(args: argparse.Namespace):

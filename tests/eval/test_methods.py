@@ -1,0 +1,44 @@
+"""The pieces the methods are built from: rerank-then-tail, sampled negatives, position placements."""
+
+from __future__ import annotations
+
+from llmrec.agents.ranker import LLMScores
+from llmrec.eval.methods import Case, as_candidates, fused_order, rerank_head, restrict, sample_items
+from llmrec.eval.position_bias import placements
+from llmrec.schemas import UserHistory
+
+
+def scores(logprobs):
+    return LLMScores(list(logprobs), history_used=1, history_dropped=0, prompt_tokens=10)
+
+
+def test_fused_order_follows_weight() -> None:
+    cands = as_candidates(["a", "b", "c"])
+    llm = scores([-3.0, -2.0, -0.1])  # the LLM prefers c
+    assert fused_order(cands, llm, 0.0) == ["c", "b", "a"]
+    assert fused_order(cands, llm, float("inf")) == ["a", "b", "c"]
+
+
+def test_rerank_head_keeps_the_retrievers_tail() -> None:
+    head = {"u": as_candidates(["a", "b"])}
+    out = rerank_head(head, {"u": ["a", "b", "c", "d"]}, {"u": scores([-2.0, -0.5])}, 0.0)
+    assert out == {"u": ["b", "a", "c", "d"]}
+
+
+def test_sampled_items_are_seeded_unseen_and_hold_the_target() -> None:
+    case = Case("u1", UserHistory(user_id="u1", item_ids=("1", "2")), "3")
+    catalog = [str(i) for i in range(1, 60)]
+    items = sample_items(case, catalog, 19, seed=0)
+    assert len(items) == 20 == len(set(items)) and "3" in items and not {"1", "2"} & set(items)
+    assert items == sample_items(case, catalog, 19, seed=0) != sample_items(case, catalog, 19, seed=1)
+
+
+def test_restrict_orders_by_the_full_list_then_seeded_random() -> None:
+    order = restrict(["x", "t", "y", "z"], ["z", "q", "t", "r"], seed=0, user="u")
+    assert order[:2] == ["t", "z"] and set(order[2:]) == {"q", "r"}
+    assert order == restrict(["x", "t", "y", "z"], ["z", "q", "t", "r"], seed=0, user="u")
+
+
+def test_placements_move_only_the_target() -> None:
+    cands = as_candidates(["a", "t", "b"])
+    assert placements(cands, "t") == [["t", "a", "b"], ["a", "t", "b"], ["a", "b", "t"]]
