@@ -114,7 +114,8 @@ def rerank_head(head: Mapping[str, Sequence[Candidate]], tails: Mapping[str, Seq
     out: Rankings = {}
     for user, cands in head.items():
         reranked = fused_order(cands, scores[user], weight)
-        out[user] = reranked + [i for i in tails[user] if i not in set(reranked)]
+        head_ids = set(reranked)
+        out[user] = reranked + [i for i in tails[user] if i not in head_ids]
     return out
 
 

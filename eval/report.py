@@ -18,21 +18,9 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from llmrec.errors import LLMRecError
+from llmrec.errors import EmptyTestSet, LLMRecError, RunConflict  # noqa: F401 - re-exported
 
 RUN_ID_CHARS = 12
-
-
-class RunConflict(LLMRecError):
-    """The output folder holds the report of a different run."""
-
-    exit_code = 9
-
-
-class EmptyTestSet(LLMRecError):
-    """No user has a test target to evaluate."""
-
-    exit_code = 3
 
 
 def folder_hash(path: Path | None) -> str | None:

@@ -49,3 +49,15 @@ class LLMUnavailable(LLMRecError):
 
 class ChromaUnavailable(LLMRecError):
     exit_code = 8
+
+
+class RunConflict(LLMRecError):
+    """An eval output folder holds the report of a different run; nothing is overwritten silently."""
+
+    exit_code = 9
+
+
+class EmptyTestSet(LLMRecError):
+    """No user has a test target to evaluate."""
+
+    exit_code = 3
