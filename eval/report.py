@@ -18,7 +18,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from llmrec.errors import EmptyTestSet, LLMRecError, RunConflict  # noqa: F401 - re-exported
+from llmrec.errors import EmptyTestSet, RunConflict  # noqa: F401 - re-exported
 
 RUN_ID_CHARS = 12
 
