@@ -78,13 +78,17 @@ class LLMRanker:
         by_size: dict[int, list[tuple[int, int]]] = {}
         for r, prompts in enumerate(built):
             for p, (order, _) in enumerate(prompts):
-                by_size.setdefault(len(order), []).append((r, p))
+                if order:  # a request without candidates needs no LLM call
+                    by_size.setdefault(len(order), []).append((r, p))
         for size, keys in by_size.items():
             label_ids = self.engine.label_token_ids(LABELS[:size])
             scored = self.engine.score_next_token([built[r][p][1].text for r, p in keys], label_ids, self.adapter)
             rows.update(zip(keys, scored))
         results = []
         for r, prompts in enumerate(built):
+            if not requests[r][1]:
+                results.append(LLMScores([], 0, 0, 0))
+                continue
             sums = [0.0] * len(requests[r][1])
             for p, (order, _) in enumerate(prompts):
                 for position, candidate_index in enumerate(order):

@@ -60,3 +60,10 @@ def test_a_position_copying_llm_gains_nothing_from_permutations():
 def test_retriever_order_fallback():
     shuffled = [CANDS[2], CANDS[0], CANDS[3], CANDS[1]]
     assert [r.item_id for r in retriever_order(shuffled)] == ["5", "7", "9", "11"]
+
+
+def test_a_request_without_candidates_costs_no_llm_call():
+    engine = ScriptedEngine(prefers("9"))
+    empty, full = ranker(engine, 0.0).score_many([([CATALOG["1"]], []), ([CATALOG["1"]], CANDS)])
+    assert empty.logprobs == [] and len(full.logprobs) == 4
+    assert engine.calls == [("score", 1)]
