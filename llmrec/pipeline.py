@@ -211,9 +211,8 @@ def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_h
                                        seed=settings.seed), adapter=adapter)
     explainer = LLMExplainer(engine, ExplainPromptBuilder(ExplainPromptConfig(domain=scenario.domain)),
                              GroundingValidator(dataset.items.values()), adapter=adapter)
-    popularity = {}
-    for items in histories.values():
-        for i in items:
-            popularity[i] = popularity.get(i, 0) + 1
+    # The cold-start pool: the hybrid's own fitted popularity member, not a second count.
+    pool = retriever.popularity.retrieve(UserHistory(user_id=None, item_ids=()), 100)
+    popularity = {c.item_id: int(c.retriever_score) for c in pool}
     fallback = HybridRetriever(retriever.config, index=None).fit(histories)
     return Pipeline(settings, scenario, dataset, retriever, engine, ranker, explainer, popularity, fallback)
