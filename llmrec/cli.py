@@ -7,6 +7,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from llmrec.errors import LLMRecError
 
 
@@ -100,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LLMRecError as exc:
         print(f"llmrec: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ValidationError as exc:  # bad LLMREC_* variables or options, named field by field
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        print(f"llmrec: error: bad settings or options: {problems}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("llmrec: interrupted", file=sys.stderr)
         return 130

@@ -136,22 +136,15 @@ def sample(users: list[str], n: int, seed: int) -> list[str]:
 def eval(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
     from pathlib import Path
 
-    from pydantic import ValidationError
-
-    from llmrec.errors import LLMRecError
     from llmrec.eval.harness import EvalConfig, run_eval
 
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
-    try:
-        config = EvalConfig(
-            dataset=args.dataset, scenario=args.scenario, users=args.users, seed=args.seed, sampled=args.sampled,
-            baselines=baselines, sasrec_epochs=args.sasrec_epochs, position_bias_users=args.position_bias_users,
-            position_bias_permutations=args.bias_permutations, explain_users=args.explain_users, explain_k=args.explain_k,
-            bootstrap=args.bootstrap, stat_test=args.stat_test, batch=args.batch,
-        )
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise LLMRecError(f"bad eval options: {problems}") from None
+    config = EvalConfig(  # a ValidationError becomes one line in cli.main
+        dataset=args.dataset, scenario=args.scenario, users=args.users, seed=args.seed, sampled=args.sampled,
+        baselines=baselines, sasrec_epochs=args.sasrec_epochs, position_bias_users=args.position_bias_users,
+        position_bias_permutations=args.bias_permutations, explain_users=args.explain_users, explain_k=args.explain_k,
+        bootstrap=args.bootstrap, stat_test=args.stat_test, batch=args.batch,
+    )
     outcome = run_eval(settings, config, Path(args.out), force=args.force)
     print(f"run {outcome.run_id}: {outcome.report['users']} users, {outcome.seconds / 60:.1f} min -> {outcome.out}/report.md")
     for name, result in outcome.report["methods"].items():

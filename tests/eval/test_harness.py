@@ -129,6 +129,6 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path) -> None:
     empty = llmrec("--users", "0")
     assert empty.returncode == 3 and "nobody to evaluate" in empty.stderr and "Traceback" not in empty.stderr
     bad = llmrec("--baselines", "bert4rec")
-    assert bad.returncode == 1 and "bad eval options" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "bad settings or options" in bad.stderr and "Traceback" not in bad.stderr
     unknown = llmrec("--dataset", "ml-1b")
     assert unknown.returncode == 4 and "unknown dataset" in unknown.stderr

@@ -51,3 +51,8 @@ def test_recommend_json_is_a_valid_response():
     assert result.returncode == 0, result.stderr[-2000:]
     response = RecommendResponse.model_validate_json(result.stdout)
     assert response.user_id == "196" and len(response.recommendations) == 3
+
+
+def test_bad_settings_are_one_line_not_a_traceback():
+    result = llmrec("recommend", "--user", "196", env={"LLMREC_CANDIDATES": "many"})
+    assert result.returncode == 2 and "candidates" in result.stderr and "Traceback" not in result.stderr
