@@ -6,6 +6,10 @@ the line and the problem, because these files are often produced by users' own s
 
 History order (one rule, used everywhere): by timestamp, ties broken by the order of lines in
 the .inter file (earlier line = earlier). Without a timestamp column the file order is the order.
+
+Data loss is never silent: interactions whose item is missing from the .item file are dropped with
+a note in `LoadReport.notes` (counts, a few ids and their lines), and a file that would lose more
+than half of its rows that way, or has no rows at all, is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ MAX_GENRE_CHARS = 40
 MAX_GENRES = 20
 _UNKNOWN_TITLES = {"", "unknown", "unkonwn"}  # "unkonwn" is ML-100K's own spelling (item 267)
 _YEAR_SUFFIX = re.compile(r"\s*\((\d{4})\)\s*$")
+MAX_DROPPED_SHARE = 0.5  # more unknown-item rows than this share of the .inter file: refused, not loaded
+DROPPED_EXAMPLES = 5
 
 
 # --- atomic files ------------------------------------------------------------------------------
@@ -105,15 +111,29 @@ def _parse_header(path: Path, header: str) -> tuple[tuple[str, ...], tuple[str, 
     return tuple(fields), tuple(types)
 
 
-def _check_float(path: Path, number: int, field: str, value: str) -> None:
+def _check_float(path: Path, number: int, field: str, value: str, hint: str = "") -> float:
+    """The cell as a float (NaN when empty: callers decide whether the column may miss)."""
     if value == "":
-        return  # a missing value; callers decide whether the column may miss
+        return math.nan
     try:
-        ok = math.isfinite(float(value))
+        parsed = float(value)
     except ValueError:
-        ok = False
-    if not ok:
-        raise DatasetError(f"{path.name} line {number}: {field} value {value[:40]!r} is not a finite number")
+        parsed = math.nan
+    if not math.isfinite(parsed):
+        raise DatasetError(f"{path.name} line {number}: {field} value {value[:40]!r} is not a finite number{hint}")
+    return parsed
+
+
+def _numeric_column(table: AtomicTable, name: str, allow_empty: bool) -> np.ndarray:
+    """A column llmrec reads as numbers, whatever its declared type, checked cell by cell (float64, NaN = empty)."""
+    kind = table.types[table.fields.index(name)]
+    hint = f" (declared {kind}; llmrec reads {name} as a number)" if kind != "float" else ""
+    values = np.empty(len(table.rows), dtype=np.float64)
+    for n, (number, cell) in enumerate(zip(table.line_numbers, table.column(name))):
+        if cell == "" and not allow_empty:
+            raise DatasetError(f"{table.path.name} line {number}: empty {name}")
+        values[n] = _check_float(table.path, number, name, cell, hint)
+    return values
 
 
 # --- item text -----------------------------------------------------------------------------------
@@ -170,6 +190,8 @@ def make_item(item_id: str, raw_title: str, raw_year: str | None, raw_genres: st
 def load_items(path: Path) -> dict[str, Item]:
     """Read the `.item` file, picking title-, year- and genre-like columns by name."""
     table = read_atomic(path, required=("item_id",))
+    if not table.rows:
+        raise DatasetError(f"{path}: no items (a header and no rows)")
     title_col = _pick(table, TITLE_COLUMNS)
     genre_col = _pick(table, GENRE_COLUMNS)
     if title_col is None:
@@ -216,6 +238,19 @@ class InteractionArrays:
     rating: np.ndarray  # float32, NaN where missing
 
 
+def _dropped_note(table: AtomicTable, name: str, keep: np.ndarray) -> str:
+    """The note on rows whose item is unknown; a DatasetError when they are most of the file."""
+    lost = np.flatnonzero(~keep)
+    item_col = table.fields.index("item_id")
+    examples = ", ".join(f"{table.rows[j][item_col][:40]!r} (line {table.line_numbers[j]})" for j in lost[:DROPPED_EXAMPLES])
+    examples += ", …" if len(lost) > DROPPED_EXAMPLES else ""
+    counts = f"{len(lost)} of {len(keep)} interactions"
+    if len(lost) > MAX_DROPPED_SHARE * len(keep):
+        raise DatasetError(f"{table.path}: {counts} name items that are not in {name}.item (e.g. {examples}); "
+                           f"refusing to load a dataset that would lose more than half of its interactions")
+    return f"{table.path.name}: dropped {counts} whose item is not in {name}.item (e.g. {examples})"
+
+
 def _natural_key(value: str) -> tuple[int, int, str]:
     return (0, int(value), "") if value.isdigit() else (1, 0, value)
 
@@ -224,8 +259,10 @@ class Dataset:
     """An immutable catalog plus interaction log. Build it with `Dataset.from_folder`."""
 
     def __init__(self, name: str, items: dict[str, Item], user_ids: list[str], interactions: InteractionArrays,
-                 report: LoadReport) -> None:
+                 report: LoadReport, source: str | None = None) -> None:
         self.name = name
+        self.source = source or name
+        """Where the data comes from: a built-in's name, or the resolved folder. Keys the Chroma collection."""
         self.items: Mapping[str, Item] = MappingProxyType(dict(items))
         self.item_ids: tuple[str, ...] = tuple(items)
         self.user_ids: tuple[str, ...] = tuple(user_ids)
@@ -236,38 +273,35 @@ class Dataset:
         self._offsets = np.searchsorted(interactions.user, np.arange(len(user_ids) + 1))
 
     @classmethod
-    def from_folder(cls, folder: Path, name: str | None = None) -> Dataset:
+    def from_folder(cls, folder: Path, name: str | None = None, source: str | None = None) -> Dataset:
+        """Load `<name>.item`, `<name>.inter` and an optional `<name>.user`; `source` defaults to the resolved folder."""
         name = name or folder.name
-        items = load_items(folder / f"{name}.item")
         table = read_atomic(folder / f"{name}.inter", required=("user_id", "item_id"))
+        items = load_items(folder / f"{name}.item")
         extra_users: list[str] = []
         if (folder / f"{name}.user").exists():
             extra_users = read_atomic(folder / f"{name}.user", required=("user_id",)).column("user_id")
-        return cls._build(name, items, table, extra_users)
+        return cls._build(name, items, table, extra_users, source or str(folder.resolve()))
 
     @classmethod
-    def _build(cls, name: str, items: dict[str, Item], table: AtomicTable, extra_users: Iterable[str]) -> Dataset:
+    def _build(cls, name: str, items: dict[str, Item], table: AtomicTable, extra_users: Iterable[str], source: str) -> Dataset:
         users, item_col = table.column("user_id"), table.column("item_id")
+        if not table.rows:
+            raise DatasetError(f"{table.path}: no interactions (a header and no rows)")
         for number, user, item in zip(table.line_numbers, users, item_col):
             if not user.strip() or not item.strip():
                 raise DatasetError(f"{table.path.name} line {number}: empty {'user_id' if not user.strip() else 'item_id'}")
-        notes: list[str] = []
         keep = np.fromiter((item in items for item in item_col), dtype=bool, count=len(item_col))
         dropped = int((~keep).sum())
-        if dropped:
-            notes.append(f"dropped {dropped} interactions whose item is not in {name}.item")
+        notes = [_dropped_note(table, name, keep)] if dropped else []
         has_ts = table.has("timestamp")
         if has_ts:
-            ts_raw = table.column("timestamp")
-            if "" in ts_raw:
-                raise DatasetError(f"{table.path.name} line {table.line_numbers[ts_raw.index('')]}: empty timestamp")
-            timestamps = np.array(ts_raw, dtype=np.float64)
+            timestamps = _numeric_column(table, "timestamp", allow_empty=False)
         else:
             timestamps = np.arange(len(users), dtype=np.float64)
-            notes.append("no timestamp column: history order is the .inter file order")
+            notes.append(f"{table.path.name}: no timestamp column: history order is the .inter file order")
         has_rating = table.has("rating")
-        ratings = np.array([float(r) if r else np.nan for r in table.column("rating")] if has_rating
-                           else np.full(len(users), np.nan), dtype=np.float32)
+        ratings = (_numeric_column(table, "rating", allow_empty=True) if has_rating else np.full(len(users), np.nan)).astype(np.float32)
         user_ids = sorted(set(users) | set(extra_users), key=_natural_key)
         user_pos = {u: i for i, u in enumerate(user_ids)}
         item_pos = {it: i for i, it in enumerate(items)}
@@ -279,10 +313,10 @@ class Dataset:
         pairs = u.astype(np.int64) * max(len(items), 1) + i
         duplicates = int(len(pairs) - len(np.unique(pairs)))
         if duplicates:
-            notes.append(f"{duplicates} repeated (user, item) interactions kept in histories")
+            notes.append(f"{table.path.name}: {duplicates} repeated (user, item) interactions kept in histories")
         report = LoadReport(interactions=len(u), users=len(user_ids), items=len(items), dropped_unknown_items=dropped,
                             duplicate_interactions=duplicates, has_timestamps=has_ts, has_ratings=has_rating, notes=tuple(notes))
-        return cls(name, items, user_ids, arrays, report)
+        return cls(name, items, user_ids, arrays, report, source)
 
     def users(self) -> list[str]:
         """Every known user (from .inter and .user), in natural id order."""

@@ -65,8 +65,8 @@ def _atomic_name(folder: Path) -> str:
 
 def load_dataset(name_or_path: str, home: Path) -> Dataset:
     """Load a built-in dataset by name, or the RecBole atomic files in a folder."""
-    if name_or_path in BUILTINS:
-        return Dataset.from_folder(builtin_folder(name_or_path, home), name=name_or_path)
+    if name_or_path in BUILTINS:  # its source is its name: a user's folder called `ml-100k` is another dataset
+        return Dataset.from_folder(builtin_folder(name_or_path, home), name=name_or_path, source=name_or_path)
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
         return Dataset.from_folder(folder, name=_atomic_name(folder))

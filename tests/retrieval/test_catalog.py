@@ -104,6 +104,13 @@ def test_no_timestamp_column_keeps_file_order(tmp_path: Path) -> None:
         (INTER + "u\ta\t5\t\n", ITEM + "a\tA\t2000\tX\n", r"tiny\.inter line 2: empty timestamp"),
         (INTER, ITEM + "a\tA\t2000\tX\na\tB\t2001\tY\n", r"tiny\.item line 3: item_id 'a' appears twice"),
         (INTER, "item_id:token\tprice:float\na\tcheap\n", r"tiny\.item line 2: price value 'cheap' is not a finite number"),
+        # columns declared `token` that llmrec reads as numbers are checked where they are converted
+        ("user_id:token\titem_id:token\ttimestamp:token\nu\ta\t1\nu\ta\t2020-01-01\n", ITEM + "a\tA\t2000\tX\n",
+         r"tiny\.inter line 3: timestamp value '2020-01-01' is not a finite number \(declared token"),
+        ("user_id:token\titem_id:token\trating:token\nu\ta\t4\nu\ta\tgood\n", ITEM + "a\tA\t2000\tX\n",
+         r"tiny\.inter line 3: rating value 'good' is not a finite number \(declared token"),
+        ("user_id:token\titem_id:token\ttimestamp:token\nu\ta\tinf\n", ITEM + "a\tA\t2000\tX\n",
+         r"tiny\.inter line 2: timestamp value 'inf' is not a finite number"),
     ],
 )
 def test_malformed_files_raise_one_line_dataset_errors(tmp_path: Path, inter: str, item: str, message: str) -> None:
@@ -111,6 +118,62 @@ def test_malformed_files_raise_one_line_dataset_errors(tmp_path: Path, inter: st
     with pytest.raises(DatasetError, match=message) as info:
         Dataset.from_folder(folder)
     assert "\n" not in str(info.value)
+
+
+def _rows(items: list[str]) -> str:
+    return "".join(f"u{n % 3}\t{item}\t4\t{n}\n" for n, item in enumerate(items))
+
+
+def test_dropped_rows_note_counts_them_and_names_examples_with_lines(tmp_path: Path) -> None:
+    inter = INTER + _rows(["a", "a", "a", "x242", "a", "a", "a", "999999", "a", "a"])  # data lines 2..11
+    data = Dataset.from_folder(write_dataset(tmp_path / "tiny", inter, ITEM + "a\tA\t2000\tX\n"))
+    assert (data.report.dropped_unknown_items, data.report.interactions) == (2, 8)
+    [note] = [n for n in data.report.notes if "dropped" in n]
+    assert note.startswith("tiny.inter: dropped 2 of 10 interactions whose item is not in tiny.item")
+    assert "'x242' (line 5)" in note and "'999999' (line 9)" in note
+
+
+def test_examples_in_the_dropped_note_are_capped(tmp_path: Path) -> None:
+    inter = INTER + _rows(["a"] * 10 + [f"gone{n}" for n in range(9)])
+    data = Dataset.from_folder(write_dataset(tmp_path / "tiny", inter, ITEM + "a\tA\t2000\tX\n"))
+    [note] = [n for n in data.report.notes if "dropped" in n]
+    assert "dropped 9 of 19" in note and "'gone4'" in note and "'gone5'" not in note and "…" in note
+
+
+@pytest.mark.parametrize(("unknown", "total"), [(4, 6), (2, 2)])
+def test_losing_most_rows_to_unknown_items_is_refused(tmp_path: Path, unknown: int, total: int) -> None:
+    inter = INTER + _rows(["a"] * (total - unknown) + [f"x{n}" for n in range(unknown)])
+    with pytest.raises(DatasetError, match=rf"tiny\.inter: {unknown} of {total} interactions name items that are not in "
+                                           rf"tiny\.item \(e\.g\. 'x0' \(line {total - unknown + 2}\)"):
+        Dataset.from_folder(write_dataset(tmp_path / "tiny", inter, ITEM + "a\tA\t2000\tX\n"))
+
+
+def test_exactly_half_unknown_still_loads_with_a_note(tmp_path: Path) -> None:
+    data = Dataset.from_folder(write_dataset(tmp_path / "tiny", INTER + _rows(["a", "x"]), ITEM + "a\tA\t2000\tX\n"))
+    assert data.report.dropped_unknown_items == 1 and any("dropped 1 of 2" in n for n in data.report.notes)
+
+
+@pytest.mark.parametrize(("inter", "item", "message"), [
+    (INTER, ITEM + "a\tA\t2000\tX\n", r"tiny\.inter: no interactions \(a header and no rows\)"),
+    (INTER + "\n\n", ITEM + "a\tA\t2000\tX\n", r"tiny\.inter: no interactions"),
+    (INTER + "u\ta\t4\t1\n", ITEM, r"tiny\.item: no items \(a header and no rows\)"),
+])
+def test_files_without_rows_are_refused(tmp_path: Path, inter: str, item: str, message: str) -> None:
+    with pytest.raises(DatasetError, match=message) as info:
+        Dataset.from_folder(write_dataset(tmp_path / "tiny", inter, item))
+    assert info.value.exit_code == 4 and str(tmp_path) in str(info.value)  # the whole path: the user can find the file
+
+
+def test_repeated_interactions_note_names_the_file(tmp_path: Path) -> None:
+    data = Dataset.from_folder(write_dataset(tmp_path / "tiny", INTER + _rows(["a", "a", "a", "a"]), ITEM + "a\tA\t2000\tX\n"))
+    assert "tiny.inter: 1 repeated (user, item) interactions kept in histories" in data.report.notes
+
+
+def test_source_is_the_resolved_folder_unless_given(tmp_path: Path) -> None:
+    folder = write_dataset(tmp_path / "tiny", INTER + "u\ta\t4\t1\n", ITEM + "a\tA\t2000\tX\n")
+    assert Dataset.from_folder(folder).source == str(folder.resolve())
+    assert Dataset.from_folder(tmp_path / "." / "tiny").source == str(folder.resolve())
+    assert Dataset.from_folder(folder, source="ml-100k").source == "ml-100k"
 
 
 def test_missing_files(tmp_path: Path) -> None:
@@ -125,7 +188,7 @@ def test_missing_files(tmp_path: Path) -> None:
 
 def test_title_year_and_genre_columns_are_found_by_name(tmp_path: Path) -> None:
     item = "item_id:token\tgenre:token_seq\ttitle:token_seq\tyear:float\ni1\tRock\tSome Album\t2001.0\n"
-    data = Dataset.from_folder(write_dataset(tmp_path / "tiny", INTER, item))
+    data = Dataset.from_folder(write_dataset(tmp_path / "tiny", INTER + "u\ti1\t4\t1\n", item))
     assert data.item("i1").model_dump(include={"title", "year", "genres"}) == {
         "title": "Some Album", "year": 2001, "genres": ("Rock",)}
 

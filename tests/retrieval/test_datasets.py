@@ -89,3 +89,14 @@ def test_empty_folder_is_a_dataset_error(tmp_path: Path) -> None:
 
 def test_builtins_pin_every_file_they_read() -> None:
     assert set(BUILTINS["ml-100k"].sha256) == {"ml-100k.inter", "ml-100k.item", "ml-100k.user"}
+
+
+def test_a_folder_named_like_a_builtin_is_another_source(asset_home: Path, tmp_path: Path) -> None:
+    """The source keys the Chroma collection: a user's `ml-100k` folder must never pass for the built-in."""
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "ml-100k.inter").write_text("user_id:token\titem_id:token\nu\tx\n")
+    (folder / "ml-100k.item").write_text("item_id:token\ttitle:token_seq\nx\tA thing\n")
+    mine = load_dataset(str(folder), tmp_path)
+    assert mine.name == "ml-100k" and mine.source == str(folder.resolve())
+    assert load_dataset("ml-100k", asset_home).source == "ml-100k"

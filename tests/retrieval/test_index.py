@@ -10,7 +10,7 @@ import pytest
 from chromadb.api.client import SharedSystemClient
 from chromadb.config import Settings as ChromaSettings
 
-from llmrec.errors import ChromaUnavailable
+from llmrec.errors import ChromaUnavailable, DatasetError
 from llmrec.retrieval.embedder import SentenceEmbedder, ensure_minilm
 from llmrec.retrieval.index import CatalogIndex, IndexConfig, collection_name, item_document
 from llmrec.schemas import Item
@@ -39,8 +39,82 @@ def test_document_and_collection_name() -> None:
     item = Item(item_id="1", title="Toy Story", year=1995, genres=("Animation", "Comedy"))
     assert item_document(item) == "Toy Story (1995). Genres: Animation, Comedy."
     assert item_document(Item(item_id="2", title="No Year")) == "No Year."
-    assert collection_name("ml-100k", "all-MiniLM-L6-v2") == "llmrec-ml-100k-all-minilm-l6-v2"
-    assert collection_name("My Data!", "x") == "llmrec-my-data-x"
+    assert collection_name("ml-100k", "all-MiniLM-L6-v2", "0123456789ab") == "llmrec-ml-100k-all-minilm-l6-v2-0123456789ab"
+    assert collection_name("My Data!", "x", "k") == "llmrec-my-data-x-k"
+    long = collection_name("d" * 600, "e" * 600, "0123456789ab")
+    assert len(long) <= 512 and long.endswith("-0123456789ab")  # the key survives any name length
+
+
+def write_atomic(folder: Path, items: list[Item]) -> Path:
+    """A RecBole folder named like its .inter file, with one interaction per item."""
+    folder.mkdir(parents=True)
+    lines = "".join(f"{item.item_id}\t{item.title}\t{item.year}\t{' '.join(item.genres)}\n" for item in items)
+    (folder / f"{folder.name}.item").write_text("item_id:token\ttitle:token_seq\tyear:token\tgenre:token_seq\n" + lines)
+    rows = "".join(f"u{n % 2}\t{item.item_id}\t{n}\n" for n, item in enumerate(items))
+    (folder / f"{folder.name}.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + rows)
+    return folder
+
+
+def test_same_named_datasets_in_two_folders_never_share_a_collection(tmp_path: Path, embedder: SentenceEmbedder) -> None:
+    """Two user folders both called `ml-100k`, and the built-in: three collections, each holding only its own items."""
+    from llmrec.pipeline import build_index
+    from llmrec.retrieval.datasets import load_dataset
+
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "all-MiniLM-L6-v2").symlink_to(embedder.config.model_dir)
+    settings = Settings(home=home)
+    scifi, romance = ITEMS[:6], [item.model_copy(update={"item_id": f"x{n}"}) for n, item in enumerate(ITEMS[6:12])]
+    first = load_dataset(str(write_atomic(tmp_path / "a" / "ml-100k", scifi)), home)
+    second = load_dataset(str(write_atomic(tmp_path / "b" / "ml-100k", romance)), home)
+    assert first.name == second.name == "ml-100k" and first.source != second.source
+    one, two = build_index(settings, first, progress=False), build_index(settings, second, progress=False)
+    builtin = CatalogIndex("ml-100k", embedder, home)
+    assert len({one.name, two.name, builtin.name}) == 3
+    assert (one.count(), two.count()) == (6, 6)
+    for index, data in ((one, first), (two, second)):
+        found = {item_id for item_id, _ in index.similar("a film", 50)}
+        assert found == set(data.item_ids)
+    again = CatalogIndex(first.name, embedder, home, source=first.source).build(first.items.values(), progress=False)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 6)  # the second folder re-embedded nothing of the first
+    client = chromadb.PersistentClient(path=str(home / "chroma"), settings=ChromaSettings(anonymized_telemetry=False))
+    assert sorted(c.name for c in client.list_collections()) == sorted([one.name, two.name])  # the built-in's name untouched
+
+
+def test_a_changed_item_in_the_same_folder_is_the_only_one_embedded_again(tmp_path: Path, embedder: SentenceEmbedder) -> None:
+    """The collection is keyed by the folder (its source), not by its content: an edit updates it in place."""
+    from llmrec.retrieval.datasets import load_dataset
+
+    folder = write_atomic(tmp_path / "shop", ITEMS[:6])
+    data = load_dataset(str(folder), tmp_path)
+    index = CatalogIndex(data.name, embedder, tmp_path, source=data.source)
+    assert index.build(data.items.values(), progress=False).added == 6
+    fingerprint = index.collection.metadata["llmrec_fingerprint"]
+    item_file = folder / "shop.item"
+    item_file.write_text(item_file.read_text().replace("Star Voyage", "Star Voyage II"))
+    edited = load_dataset(str(folder), tmp_path)
+    again = CatalogIndex(edited.name, embedder, tmp_path, source=edited.source)
+    assert again.name == index.name
+    counts = again.build(edited.items.values(), progress=False)
+    assert (counts.added, counts.updated, counts.unchanged, counts.removed) == (0, 1, 5, 0)
+    metadata = again.collection.metadata
+    assert metadata["llmrec_fingerprint"] != fingerprint and metadata["llmrec_source"] == str(folder.resolve())
+    assert again.collection.get(ids=["S0"], include=["documents"])["documents"] == ["Star Voyage II (1990). Genres: Sci-Fi."]
+
+
+def test_a_collection_of_another_source_is_refused(tmp_path: Path, embedder: SentenceEmbedder) -> None:
+    index = CatalogIndex("tiny", embedder, tmp_path)
+    index.build(ITEMS[:3], progress=False)
+    index.collection.modify(metadata={**index.collection.metadata, "llmrec_source": "/somewhere/else"})
+    SharedSystemClient.clear_system_cache()
+    with pytest.raises(DatasetError, match=r"belongs to dataset source '/somewhere/else', not 'tiny'"):
+        CatalogIndex("tiny", embedder, tmp_path).count()
+
+
+def test_similar_returns_only_items_of_the_catalog_it_built(index: CatalogIndex) -> None:
+    index.build(ITEMS, progress=False)
+    index.collection.upsert(ids=["foreign"], embeddings=[index.embeddings_for(["S0"])["S0"]], documents=["x"])
+    assert "foreign" not in {item_id for item_id, _ in index.similar("Star Voyage", 10)}
 
 
 def test_build_is_idempotent_and_tracks_changes(index: CatalogIndex) -> None:
