@@ -7,41 +7,149 @@ Rules, each a named problem when broken:
 - `wrong-year`: every year it states must be the recommended item's or a cited item's;
 - `instruction`: it must not carry instructions (prompt injection smuggled through item text);
 - `too-long` / `empty`.
+
+How a title is recognised, in either article order ("Godfather, The" and "The Godfather", also
+"Postino, Il", "Boot, Das"), under its alternative title in parentheses too, at word boundaries:
+- in quotes, at any length: `"Heat"`, `"The Godfather"`, `"Toy Story (1995)"`;
+- unquoted, a title of two or more words with at least 6 letters, in any case: `star wars`;
+- unquoted, a short one ("Fargo", "Jaws", "The Net", "M"), only with its catalog capitalisation and,
+  without an article before it, not as a sentence's first word: `fans of Fargo` counts, `feel the heat`
+  and `Heat is...` do not. Short titles are often ordinary words; this keeps them from being misread.
+Only the words of recognised titles are exempt from the genre and year checks: a quoted "1999 horror"
+is a claim like any other.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-from llmrec.prompts.safety import looks_like_instruction
+from llmrec.prompts.builders import safe_title
+from llmrec.prompts.safety import looks_like_instruction, withheld
 from llmrec.schemas import Item
 
-_YEAR = re.compile(r"\b(1[89]\d\d|20\d\d)\b")
 MAX_CHARS = 320
+ARTICLES = ("The", "A", "An", "La", "Le", "Les", "L'", "Il", "Lo", "Gli", "Das", "Der", "Die", "Det", "El", "Los", "O")
+_INVERTED = re.compile(r"^(.+), (" + "|".join(re.escape(a) for a in ARTICLES) + r")$")
+_ALTERNATIVE = re.compile(r"^(.+?)\s*\(([^()]+)\)$")
+_YEAR = re.compile(r"^(1[89]\d\d|20\d\d)$")
+_WORD = re.compile(r"[0-9A-Za-z]+")
+_QUOTED = re.compile(r"[\"“”]([^\"“”]*)[\"“”]")
+_ARTICLE_WORDS = {t.lower() for a in ARTICLES for t in _WORD.findall(a)}
 
 
-def _norm(text: str) -> str:
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+def _ascii(text: str) -> str:
+    """Accents dropped ("Misérables" → "Miserables"), so the LLM's spelling and the catalog's meet."""
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+
+def _title_forms(title: str) -> set[str]:
+    """The stored title, its main and alternative parts, each in stored and natural article order."""
+    forms = {title}
+    parts = _ALTERNATIVE.match(title)
+    if parts and not _YEAR.match(parts.group(2)):
+        forms |= {parts.group(1), parts.group(2)}
+    for form in list(forms):
+        inverted = _INVERTED.match(form)
+        if inverted:
+            forms.add(f"{inverted.group(2)} {inverted.group(1)}")
+    return forms
+
+
+@dataclass
+class _Title:
+    ids: set[str] = field(default_factory=set)
+    cased: set[tuple[str, ...]] = field(default_factory=set)
+    short: bool = True
+    """Short titles count unquoted only with their catalog capitalisation (see the module's docstring)."""
+
+
+@dataclass
+class _Text:
+    """An explanation as words (accents dropped), each with its character span, and its quoted spans."""
+
+    text: str
+    words: list[tuple[str, int, int]]
+    quotes: list[tuple[int, int]]
+
+    @classmethod
+    def of(cls, text: str) -> _Text:
+        text = _ascii(text)
+        words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+        return cls(text, words, [(m.start(1), m.end(1)) for m in _QUOTED.finditer(text)])
+
+    def key(self, i: int, j: int) -> tuple[str, ...]:
+        return tuple(w.lower() for w, _, _ in self.words[i:j])
+
+    def starts_sentence(self, i: int) -> bool:
+        before = self.text[: self.words[i][1]].rstrip(" \"'“”‘’([")
+        return not before or before[-1] in ".!?"
 
 
 class GroundingValidator:
-    """Built once per catalog: it indexes titles and the genre vocabulary."""
+    """Built once per catalog: it indexes titles (every form, see the module docstring) and the genre vocabulary."""
 
-    def __init__(self, items: Iterable[Item], min_title_chars: int = 6):
-        self.titles: dict[str, set[str]] = {}
+    def __init__(self, items: Iterable[Item]):
+        self.titles: dict[tuple[str, ...], _Title] = {}
         genres: set[str] = set()
         for item in items:
-            key = _norm(item.title)
-            # Short titles ("Heat", "Big") are ordinary words; only longer ones count as citations.
-            if len(key) >= min_title_chars and "unknown title" not in key:
-                self.titles.setdefault(key, set()).add(item.item_id)
+            if "unknown-title" not in item.flags:
+                shown = safe_title(item)  # what prompts and fallbacks write: a sanitised or withheld title
+                for form in _title_forms(item.title) | ({shown} if shown == withheld(item.item_id) else _title_forms(shown)):
+                    self._add(form, item.item_id)
             genres.update(item.genres)
-        self.genres = {_norm(g): g for g in genres if _norm(g)}
+        self.longest = max((len(key) for key in self.titles), default=0)
+        self.genres = {tuple(w.lower() for w in _WORD.findall(_ascii(g))) for g in genres} - {()}
 
-    def _mentioned_titles(self, text: str) -> set[str]:
-        padded = f" {_norm(text)} "
-        return {key for key in self.titles if f" {key} " in padded}
+    def _add(self, form: str, item_id: str) -> None:
+        words = tuple(_WORD.findall(_ascii(form)))
+        if not words:
+            return
+        entry = self.titles.setdefault(tuple(w.lower() for w in words), _Title())
+        entry.ids.add(item_id)
+        entry.cased.add(words)
+        core = list(words)  # the title without its article, in either order
+        if len(core) > 1 and core[0].lower() in _ARTICLE_WORDS:
+            core.pop(0)
+        if len(core) > 1 and core[-1].lower() in _ARTICLE_WORDS:
+            core.pop()
+        entry.short = entry.short and (len(core) < 2 or len("".join(core)) < 6)
+
+    def _unquoted(self, text: _Text, i: int, j: int, entry: _Title) -> bool:
+        if not entry.short:
+            return True
+        words = tuple(w for w, _, _ in text.words[i:j])
+        same_case = any(all(a == b or a.lower() in _ARTICLE_WORDS for a, b in zip(words, cased)) for cased in entry.cased)
+        return same_case and (words[0].lower() in _ARTICLE_WORDS or not text.starts_sentence(i))
+
+    def mentions(self, text: str) -> tuple[list[set[str]], list[str | None]]:
+        """(item ids of each title mentioned, the words left over with title words blanked to None)."""
+        parsed = _Text.of(text)
+        words = [w.lower() for w, _, _ in parsed.words]
+        found: list[set[str]] = []
+        left: list[str | None] = list(words)
+        for start, end in parsed.quotes:  # a quoted span that is exactly a title, a year after it allowed
+            inside = [n for n, (_, a, b) in enumerate(parsed.words) if a >= start and b <= end]
+            if len(inside) > 1 and _YEAR.match(words[inside[-1]]) and parsed.key(inside[0], inside[-1]) in self.titles:
+                inside = inside[:-1]
+            if inside and parsed.key(inside[0], inside[-1] + 1) in self.titles:
+                found.append(self.titles[parsed.key(inside[0], inside[-1] + 1)].ids)
+                for n in inside:
+                    left[n] = None
+        i = 0
+        while i < len(words):  # unquoted: the longest title starting at each word
+            match = next((j for j in range(min(len(words), i + self.longest), i, -1)
+                          if None not in left[i:j] and parsed.key(i, j) in self.titles
+                          and self._unquoted(parsed, i, j, self.titles[parsed.key(i, j)])), None)
+            if match is None:
+                i += 1
+                continue
+            found.append(self.titles[parsed.key(i, match)].ids)
+            left[i:match] = [None] * (match - i)
+            i = match
+        return found, left
 
     def check(self, text: str, history: Sequence[Item], target: Item) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(cited history item ids, problems); no problems means the explanation is grounded."""
@@ -52,35 +160,25 @@ class GroundingValidator:
             problems.append("too-long")
         if looks_like_instruction(text):
             problems.append("instruction")
-        history_keys = {}
-        for item in history:
-            history_keys.setdefault(_norm(item.title), []).append(item)
-        target_key = _norm(target.title)
-        mentioned = self._mentioned_titles(text)
-        # A mentioned title that is a substring of a longer mentioned one is part of it, not a citation.
-        mentioned = {m for m in mentioned if not any(m != o and f" {m} " in f" {o} " for o in mentioned)}
+        by_id = {item.item_id: item for item in history}
         cited: list[Item] = []
-        for key in mentioned:
-            if key in history_keys:
-                cited.extend(history_keys[key])
-            elif key != target_key:
+        found, left = self.mentions(text)
+        for ids in found:
+            watched = [by_id[i] for i in sorted(ids) if i in by_id]
+            cited.extend(watched)
+            if not watched and target.item_id not in ids:
                 problems.append("unwatched-title")
-        # Genres and years are checked outside quoted titles: "2001: A Space Odyssey" states no year.
-        unquoted = re.sub(r'"[^"]*"', " ", text)
-        padded = f" {_norm(text)} "
-        for key, items in history_keys.items():  # short history titles count when quoted
-            if len(key) < 6 and f'"{items[0].title.lower()}"' in text.lower():
-                cited.extend(items)
         if not cited:
             problems.append("no-history-citation")
-        allowed_genres = {_norm(g) for item in [target, *cited] for g in item.genres}
-        residual = f" {_norm(unquoted)} "
-        for key in self.genres:
-            if f" {key} " in residual and key not in allowed_genres:
-                problems.append("wrong-genre")
-                break
-        allowed_years = {item.year for item in [target, *cited] if item.year}
-        if any(int(y) not in allowed_years for y in _YEAR.findall(unquoted)):
+        allowed = {tuple(w.lower() for w in _WORD.findall(_ascii(g))) for item in [target, *cited] for g in item.genres}
+        if any(self._has(left, genre) for genre in self.genres - allowed):
+            problems.append("wrong-genre")
+        years = {item.year for item in [target, *cited] if item.year}
+        if any(w is not None and _YEAR.match(w) and int(w) not in years for w in left):
             problems.append("wrong-year")
-        cited_ids = tuple(dict.fromkeys(item.item_id for item in cited))
-        return cited_ids, tuple(dict.fromkeys(problems))
+        return tuple(dict.fromkeys(item.item_id for item in cited)), tuple(dict.fromkeys(problems))
+
+    @staticmethod
+    def _has(words: list[str | None], phrase: tuple[str, ...]) -> bool:
+        n = len(phrase)
+        return any(tuple(words[i : i + n]) == phrase for i in range(len(words) - n + 1))

@@ -1,9 +1,8 @@
 """Turn items into prompts. Templates hold the words; this module holds the rules.
 
-Item text is untrusted: every string from the catalog passes through `clean_for_prompt`, which
+Item text is untrusted: every title passes through `safety.sanitize` (control tokens, answer-shaped
+text and imperative phrases are stripped, or the title is withheld), then `clean_for_prompt`, which
 keeps it on one line, strips quote characters the explanation format relies on, and caps it.
-Instructions hidden in a title cannot change the ranking's output format, because the ranking
-is read from label-token logprobs, never from generated text.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import jinja2
 from pydantic import BaseModel, Field
 
 from llmrec.errors import LLMRecError
-from llmrec.prompts.safety import looks_like_instruction, withheld
+from llmrec.prompts.safety import looks_like_instruction, sanitize, withheld
 from llmrec.protocols import LLMEngine
 from llmrec.schemas import Item
 
@@ -35,8 +34,9 @@ def clean_for_prompt(text: str, limit: int = 120) -> str:
 
 
 def safe_title(item: Item) -> str:
-    """The cleaned title, or a neutral reference when the title reads like an instruction."""
-    return withheld(item.item_id) if looks_like_instruction(item.title) else clean_for_prompt(item.title)
+    """The sanitised, cleaned title; a neutral reference when nothing but an instruction is left of it."""
+    clean = sanitize(item.title)
+    return withheld(item.item_id) if clean.withhold else clean_for_prompt(clean.text)
 
 
 def describe(item: Item, with_genres: bool = True) -> str:
