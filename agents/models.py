@@ -20,16 +20,22 @@ SMOLLM2_DIR = "SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def cpu_has_bf16() -> bool:
-    """bf16 is ~5x slower than fp32 on CPUs without avx512_bf16/amx_bf16 (measured), so check."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """bf16 is ~5x slower than fp32 on CPUs without avx512_bf16/amx_bf16 (measured), so check.
+
+    `cpuinfo` is the text of /proc/cpuinfo (read when None); a machine without it counts as no bf16.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def pick_dtype(requested: str = "auto") -> str:
+def pick_dtype(requested: str = "auto", cpuinfo: str | None = None) -> str:
+    """`auto`: bf16 on a GPU or on a CPU with bf16 instructions, fp32 on any other CPU."""
     if requested != "auto":
         return requested
     try:
@@ -39,7 +45,7 @@ def pick_dtype(requested: str = "auto") -> str:
             return "bfloat16"
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
-    return "bfloat16" if cpu_has_bf16() else "float32"
+    return "bfloat16" if cpu_has_bf16(cpuinfo) else "float32"
 
 
 def resolve_model(spec: str, home: Path) -> str:

@@ -42,8 +42,8 @@ class LLMScores:
 
 def fuse(logprobs: Sequence[float], retriever_ranks: Sequence[int], weight: float) -> list[float]:
     """Fused scores; with an infinite weight the LLM only breaks exact retriever ties (there are none)."""
-    if math.isinf(weight):
-        return [-float(rank) + 1e-9 * lp for lp, rank in zip(logprobs, retriever_ranks)]
+    if math.isinf(weight):  # a non-finite logprob (a label the model never gives) must not break the retriever's order
+        return [-float(rank) + 1e-9 * max(lp, -1e6) for lp, rank in zip(logprobs, retriever_ranks)]
     return [lp - weight * math.log1p(rank) for lp, rank in zip(logprobs, retriever_ranks)]
 
 
@@ -113,8 +113,8 @@ class LLMRanker:
         return self.rank_scored(candidates, self.score_many([(history, candidates)])[0])
 
 
-def retriever_order(candidates: Sequence[Candidate]) -> list[RankedItem]:
-    """The fallback ranking: the retriever's own order, no LLM score."""
+def retriever_order(candidates: Sequence[Candidate], start: int = 0) -> list[RankedItem]:
+    """The fallback ranking (and the tail past the LLM's candidates): the retriever's own order, no LLM score."""
     ordered = sorted(candidates, key=lambda c: c.retriever_rank)
-    return [RankedItem(item_id=c.item_id, rank=r, score=-float(c.retriever_rank), retriever_rank=c.retriever_rank)
+    return [RankedItem(item_id=c.item_id, rank=start + r, score=-float(c.retriever_rank), retriever_rank=c.retriever_rank)
             for r, c in enumerate(ordered)]

@@ -67,3 +67,16 @@ def test_a_request_without_candidates_costs_no_llm_call():
     empty, full = ranker(engine, 0.0).score_many([([CATALOG["1"]], []), ([CATALOG["1"]], CANDS)])
     assert empty.logprobs == [] and len(full.logprobs) == 4
     assert engine.calls == [("score", 1)]
+
+
+def test_infinite_weight_keeps_the_retriever_order_even_for_minus_infinite_logprobs():
+    """A label the model never gives (logprob -inf) must not drop its item under w = inf."""
+    fused = fuse([-1.0, -math.inf, -3.0, -math.inf], [0, 1, 2, 3], math.inf)
+    assert all(math.isfinite(f) for f in fused)
+    assert sorted(range(4), key=lambda i: -fused[i]) == [0, 1, 2, 3]
+
+
+def test_retriever_order_can_continue_after_a_reranked_head():
+    tail = [Candidate(item_id="x", retriever_rank=21, retriever_score=0.1), Candidate(item_id="y", retriever_rank=20, retriever_score=0.2)]
+    ranked = retriever_order(tail, start=20)
+    assert [(r.item_id, r.rank) for r in ranked] == [("y", 20), ("x", 21)]
