@@ -61,3 +61,15 @@ class EmptyTestSet(LLMRecError):
     """No user has a test target to evaluate."""
 
     exit_code = 3
+
+
+class TrainingConflict(LLMRecError):
+    """`--resume` found no checkpoint, or one made with another config, other data or another base model."""
+
+    exit_code = 10
+
+
+class TrainingInterrupted(LLMRecError):
+    """Ctrl-C during training: the checkpoint is saved and the existing adapter is untouched."""
+
+    exit_code = 130
