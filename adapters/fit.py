@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 
 from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, Scenario, load_scenario, user_scenario_path
 from llmrec.adapters.train import LoraTrainConfig, RankingExample, train_lora
+from llmrec.agents.engines import base_model_sha256
 from llmrec.agents.ranker import LLMScores, fuse
+from llmrec.assets import folder_hash
 from llmrec.eval.metrics import ndcg_at
 from llmrec.eval.split import LeaveOneOutSplit
 from llmrec.settings import Settings
@@ -67,6 +69,7 @@ def fit_fusion_weight(settings: Settings, scenario_name: str, users: int = 300, 
         weight=None if math.isinf(weight) else weight,
         fitted_on=FusionFit(split=f"{scenario.dataset} leave-one-out, validation targets", users=len(runs), grid=grid,
                             model=pipeline.engine.model_name, adapter=scenario.adapter.name if scenario.adapter else None,
+                            adapter_sha256=folder_hash(Path(scenario.adapter.path)) if scenario.adapter else None,
                             permutations=settings.permutations),
     )
     return scenario, grid
@@ -112,14 +115,20 @@ def ranking_examples(settings: Settings, scenario_name: str, n: int) -> tuple[li
     return examples, model
 
 
-def train_scenario_adapter(settings: Settings, scenario_name: str, config: LoraTrainConfig, examples: int = 2000) -> tuple[Path, dict]:
+def train_scenario_adapter(settings: Settings, scenario_name: str, config: LoraTrainConfig, examples: int = 2000,
+                           resume: bool = False) -> tuple[Path, dict]:
+    """Train the scenario's listwise adapter; the scenario file changes only when the run completes."""
     from llmrec.adapters.scenario import save_scenario
 
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)
     data, model = ranking_examples(settings, scenario_name, examples)
     out = user_scenario_path(home, scenario_name).parent / "adapter"
-    manifest = train_lora(model, data, out, config, manifest_extra={"scenario": scenario_name, "dataset": scenario.dataset})
+    manifest = train_lora(model, data, out, config, resume=resume,
+                          manifest_extra={"scenario": scenario_name, "dataset": scenario.dataset,
+                                          "base_model_sha256": base_model_sha256(model)})
+    if not manifest["complete"] or manifest.get("cached"):
+        return out, manifest
     scenario.adapter = AdapterSpec(name=scenario_name, path=str(out))
     scenario.fusion = FusionSpec()  # the old weight was fitted without this adapter
     save_scenario(scenario, home)

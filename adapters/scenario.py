@@ -1,20 +1,31 @@
 """A scenario: a dataset, a domain noun for the prompts, an optional LoRA adapter, and the fusion weight.
 
 Built-in scenarios ship as JSON in `adapters/scenarios/`; a user's own (or a re-fitted copy of a
-built-in) live in `<home>/scenarios/<name>/scenario.json`, which wins. An adapter is a PEFT
+built-in) live in `<home>/scenarios/<name>/scenario.json`, which wins. A scenario's name is also a
+folder name, so it must match NAME_PATTERN, and a file's `name` must be its folder's (or, built in,
+its file's) name: a copied folder is never saved back over the original. An adapter is a PEFT
 `save_pretrained` folder; its `adapter_config.json` must name the engine's base model.
+
+A stored fusion weight is applied only to the model, adapter and permutation count it was fitted
+for (`FusionSpec.weight_for`); any other run keeps the retriever's order and says which fit is missing.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from llmrec.assets import folder_hash
 from llmrec.errors import UnknownScenario
+from llmrec.protocols import AdapterRef
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+"""Lowercase letters, digits, '-' and '_', at most 64, not starting with '-' or '_': safe as a folder name."""
 
 
 class FusionFit(BaseModel):
@@ -24,8 +35,9 @@ class FusionFit(BaseModel):
     users: int
     metric: str = "NDCG@10"
     grid: dict[str, float] = Field(description="metric value at each tried weight ('inf' = retriever order)")
-    model: str
+    model: str = Field(description="The engine's model name: a local folder's name, or a hub id in full.")
     adapter: str | None = None
+    adapter_sha256: str | None = Field(default=None, description="The adapter folder's bytes (`folder_hash`) when it was fitted.")
     permutations: int = 1
 
 
@@ -36,6 +48,32 @@ class FusionSpec(BaseModel):
     def effective_weight(self) -> float:
         return math.inf if self.weight is None else self.weight
 
+    def weight_for(self, model: str, adapter: AdapterRef | None, permutations: int, scenario: str) -> tuple[float, str | None]:
+        """The weight to apply to a run of `model` (its engine's name) with `adapter` and `permutations`, and a
+        note for the response when it is not the stored one.
+
+        The stored weight applies only when its fit matches all three (the adapter by name and, where
+        recorded, by its folder's bytes); otherwise w = inf, the retriever's order. A weight with no fit
+        record was set by hand and applies as given.
+        """
+        fit = self.fitted_on
+        if fit is None:
+            if self.weight is None:
+                return math.inf, ("the scenario's fusion weight is not fitted, so the retriever's order is kept; "
+                                  f"run `llmrec fit-fusion --scenario {scenario}` to let the LLM's scores count")
+            return self.weight, None
+        adapter_name = adapter.name if adapter else None
+        missing = [f"model {model}"] if fit.model != model else []
+        if fit.adapter != adapter_name or (adapter and fit.adapter_sha256 and fit.adapter_sha256 != folder_hash(Path(adapter.path))):
+            missing.append(f"adapter {adapter_name or 'none'}" + (" (other files)" if fit.adapter == adapter_name else ""))
+        if fit.permutations != permutations:
+            missing.append(f"permutations {permutations}")
+        if not missing:
+            return self.effective_weight(), None
+        return math.inf, (f"the fusion weight was fitted for model {fit.model}, adapter {fit.adapter or 'none'}, permutations "
+                          f"{fit.permutations}; this run uses {', '.join(missing)}, so the retriever's order is kept; run "
+                          f"`llmrec fit-fusion --scenario {scenario}` with this model, adapter and LLMREC_PERMUTATIONS to fit one")
+
 
 class AdapterSpec(BaseModel):
     name: str
@@ -43,7 +81,9 @@ class AdapterSpec(BaseModel):
 
 
 class Scenario(BaseModel):
-    name: str
+    model_config = ConfigDict(validate_assignment=True)
+
+    name: str = Field(pattern=NAME_PATTERN, description="Also its folder's name under <home>/scenarios.")
     dataset: str
     domain: str = "item"
     description: str = ""
@@ -51,8 +91,16 @@ class Scenario(BaseModel):
     fusion: FusionSpec = FusionSpec()
 
 
+def check_name(name: str) -> str:
+    """A scenario name that is safe as a folder name, or UnknownScenario (exit 3)."""
+    if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+        raise UnknownScenario(f"bad scenario name {name!r}: use lowercase letters, digits, '-' and '_' "
+                              "(at most 64, starting with a letter or digit)")
+    return name
+
+
 def user_scenario_path(home: Path, name: str) -> Path:
-    return home / "scenarios" / name / "scenario.json"
+    return home / "scenarios" / check_name(name) / "scenario.json"
 
 
 def builtin_names() -> list[str]:
@@ -64,21 +112,28 @@ def load_scenario(name: str, home: Path) -> Scenario:
     path = user_scenario_path(home, name)
     try:
         if path.exists():
-            scenario = Scenario.model_validate_json(path.read_text())
+            scenario = _named(Scenario.model_validate_json(path.read_text()), name, path)
             if scenario.adapter and not Path(scenario.adapter.path).is_absolute():
                 scenario.adapter.path = str((path.parent / scenario.adapter.path).resolve())
             return scenario
         if name in builtin_names():
-            text = resources.files("llmrec.adapters").joinpath("scenarios", f"{name}.json").read_text()
-            return Scenario.model_validate_json(text)
+            builtin = resources.files("llmrec.adapters").joinpath("scenarios", f"{name}.json")
+            return _named(Scenario.model_validate_json(builtin.read_text()), name, builtin)
     except (ValidationError, ValueError) as exc:
         raise UnknownScenario(f"scenario {name!r} has a malformed file: {exc}") from None
     known = sorted(set(builtin_names()) | {p.parent.name for p in (home / "scenarios").glob("*/scenario.json")})
     raise UnknownScenario(f"unknown scenario {name!r}; known: {', '.join(known) or 'none'}")
 
 
+def _named(scenario: Scenario, name: str, path) -> Scenario:
+    if scenario.name != name:
+        raise UnknownScenario(f"{path} names scenario {scenario.name!r}, but it is scenario {name!r} (its folder's name); "
+                              f"set its \"name\" to {name!r}")
+    return scenario
+
+
 def save_scenario(scenario: Scenario, home: Path) -> Path:
-    """Write atomically, so an interrupted save never loses the previous file."""
+    """Write atomically to the scenario's own folder, so an interrupted save never loses the previous file."""
     path = user_scenario_path(home, scenario.name)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")

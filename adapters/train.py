@@ -36,7 +36,7 @@ BUDGET_FIELDS = {"steps", "minutes", "checkpoint_every", "threads"}
 
 
 class LoraTrainConfig(BaseModel):
-    rank: int = Field(default=8, ge=1, le=64)
+    rank: int = Field(default=8, ge=1, le=16, description="LoRA rank; at most the engines' max_lora_rank (16), or the adapter is refused.")
     alpha: int = 16
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     learning_rate: float = 2e-4

@@ -9,18 +9,24 @@ rather than `prompt_logprobs`, which crash vLLM 0.32 when LoRA batches mix adapt
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
+import json
 import logging
 import os
 import threading
 from collections.abc import Sequence
-from functools import cached_property
+from functools import cached_property, lru_cache
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from llmrec.assets import folder_hash
 from llmrec.errors import AdapterMismatch, LLMUnavailable
 from llmrec.protocols import AdapterRef
 
 log = logging.getLogger(__name__)
+MAX_LORA_RANK = 16
+"""vLLM's `max_lora_rank` for llmrec's engines (in-process and `llmrec serve-llm`); higher-rank adapters are refused."""
 
 
 class EngineConfig(BaseModel):
@@ -30,7 +36,7 @@ class EngineConfig(BaseModel):
     max_model_len: int = 2048
     enforce_eager: bool = True
     kv_cache_gb: int = 2
-    max_lora_rank: int = 16
+    max_lora_rank: int = MAX_LORA_RANK
     max_adapters: int = Field(default=0, ge=0, description="Adapters served at once; 0 disables LoRA (faster).")
     timeout_s: float = 120.0
     seed: int = 0
@@ -73,21 +79,99 @@ class _ChatFormatting:
         return ids
 
 
-def check_adapter(adapter: AdapterRef, base_model: str) -> None:
-    """Refuse a LoRA folder that is not PEFT or that names another base model."""
-    import json
-    from pathlib import Path
+def _model_identity(model: str) -> str:
+    """A local folder by its resolved absolute path; anything else (a hub id) exactly as written."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if model and path.exists() else model
 
-    config_path = Path(adapter.path) / "adapter_config.json"
+
+def display_name(model: str) -> str:
+    """A local folder by its name, a hub id in full (`someone-else/SmolLM2-135M-Instruct` is not our SmolLM2)."""
+    path = Path(model).expanduser()
+    return path.resolve().name if model and path.exists() else model
+
+
+@lru_cache(maxsize=8)
+def base_model_sha256(model: str) -> str | None:
+    """sha256 over a local model folder's weight files (`*.safetensors`); None for a hub id or a folder without them."""
+    path = Path(model).expanduser()
+    if not path.is_dir() or not any(path.glob("*.safetensors")):
+        return None
+    return folder_hash(path.resolve(), "*.safetensors")
+
+
+def _adapter_json(adapter: AdapterRef, name: str) -> dict | None:
+    path = Path(adapter.path) / name
     try:
-        config = json.loads(config_path.read_text())
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
     except (OSError, ValueError) as exc:
-        raise AdapterMismatch(f"adapter {adapter.name!r}: {config_path} is missing or not JSON ({exc})") from None
-    named = str(config.get("base_model_name_or_path") or "")
-    if Path(named).name != Path(base_model).name:
-        raise AdapterMismatch(
-            f"adapter {adapter.name!r} was built for base model {named!r}, but the engine serves {base_model!r}"
-        )
+        raise AdapterMismatch(f"adapter {adapter.name!r}: {path} is not readable JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise AdapterMismatch(f"adapter {adapter.name!r}: {path} is not a JSON object")
+    return value
+
+
+def adapter_rank(config: dict) -> int:
+    """The largest LoRA rank in a PEFT `adapter_config.json`: `r`, or a larger one from `rank_pattern`."""
+    ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
+    if not ranks[0] or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in ranks):
+        raise AdapterMismatch(f"adapter_config.json has no valid LoRA rank `r` ({config.get('r')!r})")
+    return max(ranks)
+
+
+def check_adapter(adapter: AdapterRef, base_model: str, max_rank: int | None = MAX_LORA_RANK) -> None:
+    """Refuse (AdapterMismatch, exit 6) a folder that is not a PEFT LoRA, whose rank exceeds `max_rank`,
+    or that was trained on another base model than `base_model` (the engine's resolved folder or hub id).
+
+    Base models are compared by full identity, never by basename: a local folder by its resolved
+    absolute path, a hub id as written, so `someone-else/SmolLM2-135M-Instruct` is neither
+    `HuggingFaceTB/SmolLM2-135M-Instruct` nor the converted folder `<home>/models/SmolLM2-135M-Instruct`.
+    The adapter's side is `base_model_name_or_path` in its adapter_config.json.
+
+    A moved cache home (or a copied model folder) changes that path but not the weights. An adapter
+    that llmrec trained records in its manifest.json the sha256 of the base folder's weight files
+    (`base_model_sha256`); where the paths differ, it is accepted when the engine's folder has those
+    same weights (hashing ~540 MB takes about a second, and only on this path). A PEFT folder trained
+    elsewhere, without that record, must name the engine's model exactly.
+    """
+    config = _adapter_json(adapter, "adapter_config.json")
+    if config is None:
+        raise AdapterMismatch(f"adapter {adapter.name!r}: {Path(adapter.path) / 'adapter_config.json'} is missing: not a PEFT folder")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterMismatch(f"adapter {adapter.name!r} is a {config['peft_type']} adapter; vLLM serves only LoRA")
+    _check_base(adapter, str(config.get("base_model_name_or_path") or ""), base_model)
+    rank = adapter_rank(config)
+    if max_rank is not None and rank > max_rank:
+        raise AdapterMismatch(f"adapter {adapter.name!r} has LoRA rank {rank}, above the engine's max_lora_rank {max_rank}; "
+                              f"retrain it with rank <= {max_rank}")
+
+
+def _check_base(adapter: AdapterRef, named: str, base_model: str) -> None:
+    if named and _model_identity(named) == _model_identity(base_model):
+        return
+    recorded = (_adapter_json(adapter, "manifest.json") or {}).get("base_model_sha256")
+    if recorded and recorded == base_model_sha256(base_model):
+        return
+    raise AdapterMismatch(
+        f"adapter {adapter.name!r} was built for base model {named!r}, but the engine serves {base_model!r}"
+        + ("; their weights differ too" if recorded else "")
+    )
+
+
+def verify_adapter(engine, adapter: AdapterRef) -> None:
+    """Check `adapter` against the engine that will serve it (AdapterMismatch, exit 6, when refused).
+
+    Both vLLM engines check adapters themselves (`check_adapter`: the in-process one also reserves its
+    LoRA slot, the server one asks the server what it serves). Another engine that names its base model
+    in `config.model` (a test double) gets the folder check; one that names none cannot be checked.
+    """
+    own = getattr(engine, "check_adapter", None)
+    if own is not None:
+        own(adapter)
+    elif getattr(engine, "config", None) is not None:
+        check_adapter(adapter, engine.config.model)
 
 
 class TokenizerFormatter(_ChatFormatting):
@@ -95,19 +179,50 @@ class TokenizerFormatter(_ChatFormatting):
 
     def __init__(self, model: str):
         self._tokenizer_source = model
-        self.model_name = os.path.basename(model.rstrip("/"))
+        self.model_name = display_name(model)
+
+
+def _eager_sampler() -> None:
+    """Keep the first request free of a torch.compile of vLLM's sampler helper.
+
+    vLLM 0.32 wraps `batched_count_greater_than` (the rank of the sampled token, computed whenever
+    logprobs are asked for) in `torch.compile`, even with `enforce_eager`. On a machine without an
+    inductor cache that compile (dynamo tracing plus a C++ build) ran inside the first ranking request:
+    15.9 s against 1.0 s for the next one (`bench/cold_start.py`). An eager engine asks for no
+    compilation, so dynamo is switched off for this process; the function then runs as plain torch.
+    """
+    import torch._dynamo
+
+    torch._dynamo.config.disable = True
+
+
+def _warm_up(llm) -> None:
+    """One tiny scoring call at load time, so the first real request does not pay the first forward's setup."""
+    from vllm import SamplingParams
+
+    llm.generate(["Warm-up:"], SamplingParams(max_tokens=1, temperature=1.0, logprobs=2), use_tqdm=False)
 
 
 class InProcessVLLM(_ChatFormatting):
-    """`vllm.LLM` in this process: the embedded default. Calls are serialised and time-limited."""
+    """`vllm.LLM` in this process: the embedded default. Calls are serialised and time-limited.
+
+    Adapters are keyed by their folder's bytes (`folder_hash`), not by name or path: each distinct
+    folder is checked once (`check_adapter`) and gets its own vLLM LoRA id and name (vLLM caches
+    weights by id and compares requests by name), so a second adapter of the same name is served
+    its own weights. At most `max_adapters` distinct adapters are held; one more is refused with
+    AdapterMismatch (exit 6) rather than evicted, because the engine keeps one LoRA slot free:
+    vLLM 0.32 gives base-model requests the last slot's adapter when every slot is full.
+    `release_adapters()` frees the slots.
+    """
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.model_name = config.served_name or os.path.basename(config.model.rstrip("/"))
+        self.model_name = config.served_name or display_name(config.model)
         self._tokenizer_source = config.model
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm")
-        self._adapter_ids: dict[str, int] = {}
+        self._adapters: dict[str, object] = {}  # folder sha256 → its vllm LoRARequest
+        self._lora_ids = itertools.count(1)
 
     @cached_property
     def llm(self):
@@ -123,26 +238,46 @@ class InProcessVLLM(_ChatFormatting):
         if self.config.max_adapters:
             # One slot more than adapters: vLLM 0.32 gives base requests the last slot's adapter when all are full.
             kwargs.update(enable_lora=True, max_loras=self.config.max_adapters + 1, max_lora_rank=self.config.max_lora_rank)
+        if self.config.enforce_eager:
+            _eager_sampler()
         try:
-            return LLM(**kwargs)
+            llm = LLM(**kwargs)
+            _warm_up(llm)
         except Exception as exc:  # vLLM raises many types; report one clear error
             raise LLMUnavailable(f"vLLM could not load {self.config.model}: {exc}") from exc
+        return llm
 
     @cached_property
     def tokenizer(self):
         return self.llm.get_tokenizer()
 
+    def check_adapter(self, adapter: AdapterRef) -> None:
+        """Check `adapter` and reserve its LoRA slot now, before any request needs it."""
+        self._lora(adapter)
+
     def _lora(self, adapter: AdapterRef | None):
         if adapter is None:
             return None
-        if not self.config.max_adapters:
-            raise LLMUnavailable("this engine was started without LoRA support (max_adapters=0)")
-        from vllm.lora.request import LoRARequest
+        key = folder_hash(Path(adapter.path))
+        with self._lock:
+            if key not in self._adapters:
+                check_adapter(adapter, self.config.model, self.config.max_lora_rank)
+                if len(self._adapters) >= self.config.max_adapters:
+                    held = ", ".join(r.lora_name for r in self._adapters.values()) or "none"
+                    raise AdapterMismatch(
+                        f"adapter {adapter.name!r} ({adapter.path}) needs a LoRA slot, but this engine holds "
+                        f"{self.config.max_adapters} (max_adapters) and they are taken (by: {held}); start it with more")
+                from vllm.lora.request import LoRARequest
 
-        if adapter.name not in self._adapter_ids:
-            check_adapter(adapter, self.config.model)
-            self._adapter_ids[adapter.name] = len(self._adapter_ids) + 1
-        return LoRARequest(adapter.name, self._adapter_ids[adapter.name], adapter.path)
+                self._adapters[key] = LoRARequest(f"{adapter.name}@{key[:12]}", next(self._lora_ids), str(adapter.path))
+            return self._adapters[key]
+
+    def release_adapters(self) -> None:
+        """Unload every adapter this engine holds, so that its LoRA slots can take others."""
+        with self._lock:
+            held, self._adapters = list(self._adapters.values()), {}
+        if held and "llm" in self.__dict__:
+            self._run(lambda: [self.llm.llm_engine.remove_lora(r.lora_int_id) for r in held])
 
     def _run(self, fn):
         with self._lock:
@@ -192,7 +327,8 @@ class ServerVLLM(_ChatFormatting):
         self.url = url.rstrip("/")
         self._tokenizer_source = tokenizer_source
         self.timeout_s = timeout_s
-        self.model_name = model_name or self._served_models()[0]
+        self._checked: set[tuple[str, str | None]] = set()
+        self.model_name = model_name or next(c["id"] for c in self._model_cards() if not c.get("parent"))
 
     @cached_property
     def client(self):
@@ -200,13 +336,41 @@ class ServerVLLM(_ChatFormatting):
 
         return OpenAI(base_url=self.url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"), timeout=self.timeout_s, max_retries=0)
 
-    def _served_models(self) -> list[str]:
+    def _model_cards(self) -> list[dict]:
+        """`/v1/models`: base models have a `root` (the folder or hub id they were loaded from), adapters a `parent`."""
         try:
-            return [m.id for m in self.client.models.list().data]
+            cards = [m.model_dump() for m in self.client.models.list().data]
         except Exception as exc:
             raise LLMUnavailable(f"no vLLM server answers at {self.url}: {exc}") from exc
+        if not any(not c.get("parent") for c in cards):
+            raise LLMUnavailable(f"the server at {self.url} lists no base model")
+        return cards
+
+    def check_adapter(self, adapter: AdapterRef) -> None:
+        """The server must serve `adapter.name` as an adapter, loaded from this folder (or one with the same
+        bytes, where its folder is readable here), on top of a base model that `check_adapter` accepts
+        for this adapter folder. Each mismatch is an AdapterMismatch (exit 6). The rank needs no check:
+        the server loaded the adapter, so it fits the server's slots.
+        """
+        key = (adapter.name, folder_hash(Path(adapter.path)))
+        if key in self._checked:
+            return
+        cards = self._model_cards()
+        card = next((c for c in cards if c["id"] == adapter.name and c.get("parent")), None)
+        if card is None:
+            served = ", ".join(c["id"] for c in cards if c.get("parent")) or "none"
+            raise AdapterMismatch(f"the vLLM server at {self.url} does not serve adapter {adapter.name!r} (its adapters: {served}); "
+                                  "start it with `llmrec serve-llm --scenario <the scenario>`")
+        root = card.get("root")
+        if root and Path(root).is_dir() and folder_hash(Path(root)) != key[1]:
+            raise AdapterMismatch(f"the vLLM server serves adapter {adapter.name!r} from {root}, whose files differ from {adapter.path}")
+        base = next((c.get("root") or c["id"] for c in cards if c["id"] == card["parent"]), card["parent"])
+        check_adapter(adapter, base, max_rank=None)
+        self._checked.add(key)
 
     def _completions(self, prompts, adapter, **kwargs):
+        if adapter is not None:
+            self.check_adapter(adapter)
         model = adapter.name if adapter else self.model_name
         try:
             response = self.client.completions.create(model=model, prompt=list(prompts), **kwargs)

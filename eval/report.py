@@ -18,20 +18,10 @@ import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from llmrec.assets import folder_hash  # noqa: F401 - re-exported
 from llmrec.errors import EmptyTestSet, RunConflict  # noqa: F401 - re-exported
 
 RUN_ID_CHARS = 12
-
-
-def folder_hash(path: Path | None) -> str | None:
-    """sha256 over the relative names and bytes of every file under `path` (sorted)."""
-    if path is None:
-        return None
-    digest = hashlib.sha256()
-    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0")
-        digest.update(file.read_bytes())
-    return digest.hexdigest()
 
 
 def run_id(payload: Mapping) -> str:

