@@ -65,6 +65,7 @@ def test_scores_are_label_logprobs_renormalised_over_the_labels(engine, model_di
                 assert scores[a] > scores[b], (LABELS[a], LABELS[b])
 
 
+@llm
 def test_one_batch_scores_many_prompts(engine):
     prompts = [rank_prompt(engine, n=5), rank_prompt(engine, n=5).replace("Toy Story", "Heat")]
     rows = engine.score_next_token(prompts, engine.label_token_ids(LABELS[:5]))
