@@ -1,0 +1,129 @@
+"""Live profiles from feedback, with no retraining: one SQLite row per event, in WAL mode.
+
+`record` returns only after the row is committed, so an acknowledged event survives a crash.
+What the events mean for recommendations:
+- `like` and `watch` join the user's history at once (`additions`), after the dataset's own history;
+- `dislike` is never recommended again (`disliked`), and retrieval steers away from items like it;
+- the latest event for a (user, item) pair wins: a like after a dislike lifts the ban.
+`profile` summarises a user from the same store and the dataset's history: top genres, recent items, dislikes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmrec.errors import LLMRecError, UnknownItem
+from llmrec.schemas import Item
+
+Event = Literal["like", "watch", "dislike"]
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    item TEXT NOT NULL,
+    event TEXT NOT NULL CHECK (event IN ('like', 'watch', 'dislike')),
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user, id);
+"""
+
+
+class FeedbackEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: int = Field(description="The row id, given only once the row is committed.")
+    user: str
+    item: str
+    event: Event
+    ts: float
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str
+    history_size: int
+    top_genres: tuple[tuple[str, int], ...] = Field(description="(genre, items) over the history, the most frequent first.")
+    recent: tuple[str, ...] = Field(description="Labels of the most recent history items, newest first.")
+    dislikes: tuple[str, ...] = Field(description="Labels of disliked items.")
+    likes_here: int = Field(description="Likes and watches recorded through feedback.")
+
+
+class FeedbackStore:
+    """One SQLite file; safe to share between threads (one connection, one lock)."""
+
+    def __init__(self, path: Path, catalog: Mapping[str, Item]):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.catalog = catalog
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed row is on disk before `record` returns
+        self._db.executescript(_SCHEMA)
+
+    def journal_mode(self) -> str:
+        return self._db.execute("PRAGMA journal_mode").fetchone()[0]
+
+    def record(self, user: str, item: str, event: Event) -> FeedbackEvent:
+        """Store one event and acknowledge it (its row id) after the commit; an unknown item is refused (exit 3)."""
+        if item not in self.catalog:
+            raise UnknownItem(f"unknown item id {item!r}: feedback is only taken for catalog items")
+        if event not in ("like", "watch", "dislike"):
+            raise LLMRecError(f"unknown feedback event {event!r}: like, watch or dislike")
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("INSERT INTO feedback (user, item, event, ts) VALUES (?, ?, ?, ?)", (user, item, event, now)).lastrowid
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return FeedbackEvent(id=int(row), user=user, item=item, event=event, ts=now)
+
+    def events(self, user: str) -> list[FeedbackEvent]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, user, item, event, ts FROM feedback WHERE user = ? ORDER BY id", (user,)).fetchall()
+        return [FeedbackEvent(id=r[0], user=r[1], item=r[2], event=r[3], ts=r[4]) for r in rows]
+
+    def _latest(self, user: str) -> dict[str, str]:
+        """Each item's latest event for this user, in the order of those latest events."""
+        latest: dict[str, str] = {}
+        for e in self.events(user):
+            latest.pop(e.item, None)
+            latest[e.item] = e.event
+        return latest
+
+    def additions(self, user: str) -> list[str]:
+        """Liked or watched items whose latest event is not a dislike, oldest first: they extend the history."""
+        return [i for i, e in self._latest(user).items() if e in ("like", "watch")]
+
+    def disliked(self, user: str) -> list[str]:
+        return [i for i, e in self._latest(user).items() if e == "dislike"]
+
+    def history(self, user: str, base: Sequence[str]) -> tuple[str, ...]:
+        """The dataset's history, then what feedback added, without repeats and without disliked items."""
+        banned = set(self.disliked(user))
+        return tuple(i for i in dict.fromkeys([*base, *self.additions(user)]) if i not in banned)
+
+    def profile(self, user: str, base: Sequence[str], recent: int = 5, genres: int = 3) -> Profile:
+        history = self.history(user, base)
+        counts = Counter(g for i in history for g in self.catalog[i].genres if g != "unknown")
+        return Profile(user=user, history_size=len(history),
+                       top_genres=tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:genres]),
+                       recent=tuple(self.catalog[i].label() for i in reversed(history[-recent:])),
+                       dislikes=tuple(self.catalog[i].label() for i in self.disliked(user)),
+                       likes_here=len(self.additions(user)))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
