@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from llmrec.agents.ranker import LLMRanker, LLMScores, fuse
-from llmrec.protocols import AdapterRef, Retriever
+from llmrec.agents.ranker import LLMScores, fuse
+from llmrec.protocols import AdapterRef, Retriever, ScoringRanker
 from llmrec.schemas import Candidate, Item, UserHistory
 
 Rankings = dict[str, list[str]]
@@ -46,7 +46,7 @@ class LLMVariant:
     """One LLM (base or with an adapter) and the fusion weights reported for it, by method name."""
 
     label: str
-    ranker: LLMRanker
+    ranker: ScoringRanker
     weights: dict[str, float]
     adapter: AdapterRef | None = None
     descriptions: dict[str, str] = field(default_factory=dict)
@@ -88,7 +88,7 @@ def fused_order(candidates: Sequence[Candidate], scores: LLMScores, weight: floa
     return [candidates[i].item_id for i in sorted(range(len(candidates)), key=lambda i: (-fused[i], ranks[i]))]
 
 
-def score_all(ranker: LLMRanker, catalog: Mapping[str, Item], cases: Sequence[Case],
+def score_all(ranker: ScoringRanker, catalog: Mapping[str, Item], cases: Sequence[Case],
               candidates: Mapping[str, Sequence[Candidate]], batch: int, desc: str,
               progress: bool = True) -> tuple[dict[str, LLMScores], list[float]]:
     """LLM scores for each user's candidates, `batch` users per engine call; seconds per user (amortised)."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from llmrec.schemas import Candidate, Explanation, Item, RankedItem, UserHistory
+
+if TYPE_CHECKING:
+    from llmrec.agents.ranker import LLMScores
 
 
 class AdapterRef(Protocol):
@@ -64,6 +67,17 @@ class LLMEngine(Protocol):
 @runtime_checkable
 class Ranker(Protocol):
     def rank(self, history: Sequence[Item], candidates: Sequence[Candidate]) -> list[RankedItem]: ...
+
+
+@runtime_checkable
+class ScoringRanker(Ranker, Protocol):
+    """A ranker whose per-candidate scores fuse with the retriever rank (`agents.ranker.fuse`): the LLM's
+    label logprobs (`LLMRanker`) or the embedding two-tower's log-softmax (`EmbeddingRanker`).
+    The pipeline and the eval harness score once, then order by any fusion weight."""
+
+    def score_many(self, requests: Sequence[tuple[Sequence[Item], Sequence[Candidate]]]) -> list[LLMScores]: ...
+
+    def rank_scored(self, candidates: Sequence[Candidate], scores: LLMScores) -> list[RankedItem]: ...
 
 
 @runtime_checkable

@@ -1,0 +1,306 @@
+"""Training the `embedding` objective: two linear towers over frozen LLM item vectors (the Trainable side).
+
+Every next-item position of every training prefix is one example: the last `history_items` items
+before it make the user vector, and a full softmax over the catalog scores the true next item.
+Only `split.train` is read for training; the epoch is chosen on validation NDCG@10 (full ranking
+over unseen items), and the fusion weight on the validation targets among the retriever's
+candidates. Test targets are never touched here. `agents/encoder.py` serves what this writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm.auto import tqdm
+
+from llmrec.adapters.fit import best_weight, choose_weight
+from llmrec.agents.encoder import (
+    ITEM_TEXT_VERSION, OBJECTIVE, TENSORS, WEIGHTS_FILE, EmbeddingRanker, ItemEncoderConfig,
+    ItemVectors, TwoTower, TwoTowerConfig, history_weights, model_identity,
+)
+from llmrec.errors import DatasetError
+from llmrec.eval.split import LeaveOneOutSplit
+from llmrec.protocols import Retriever
+from llmrec.schemas import Item
+
+EMBEDDING_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, math.inf)
+"""Finer than WEIGHT_GRID below 2: the two-tower's log-softmax is on a different scale than label logprobs."""
+
+
+class EmbeddingTrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
+
+    tower: TwoTowerConfig = Field(default_factory=TwoTowerConfig)
+    encoder: ItemEncoderConfig = Field(default_factory=ItemEncoderConfig)
+    epochs: int = Field(default=8, ge=1, description="Passes over the training positions (fewer if a budget ends first).")
+    seeds: int = Field(default=5, ge=1, description="Towers trained from seeds seed.. and averaged (one wider tower, `join`).")
+    batch_size: int = Field(default=512, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    patience: int = Field(default=3, ge=1, description="Epochs without a better validation NDCG@10 before stopping.")
+    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps budget (None: no limit).")
+    max_minutes: float | None = Field(default=None, gt=0, description="Wall-time budget for the training loop.")
+    seed: int = 0
+    threads: int | None = Field(default=1, ge=1, description=(
+        "torch threads; None: torch's default. One by default: the matmuls are small, and on a shared 2-core machine "
+        "two threads spun in OpenMP barriers (5 seeds took 100 CPU-s on one thread, over 15 CPU-min on two, unfinished)."))
+    fusion_grid: tuple[float, ...] = EMBEDDING_GRID
+    candidates: int = Field(default=20, ge=2, description="Retriever candidates the fusion weight is fitted on.")
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Next-item examples as arrays: history rows (-1 = padding), their weights, the target row."""
+
+    history: np.ndarray
+    weights: np.ndarray
+    target: np.ndarray
+
+
+def next_item_examples(histories: dict[str, Sequence[str]], row: dict[str, int], config: TwoTowerConfig) -> Examples:
+    """Every position p >= 1 of every history: the `history_items` items before p -> item p."""
+    width = config.history_items
+    hist, weights, target = [], [], []
+    for items in histories.values():
+        rows = [row[i] for i in items if i in row]
+        for p in range(1, len(rows)):
+            prefix = rows[max(0, p - width) : p]
+            hist.append([-1] * (width - len(prefix)) + prefix)
+            weights.append([0.0] * (width - len(prefix)) + history_weights(len(prefix), config.decay).tolist())
+            target.append(rows[p])
+    return Examples(np.array(hist, dtype=np.int64).reshape(-1, width), np.array(weights, dtype=np.float32).reshape(-1, width),
+                    np.array(target, dtype=np.int64))
+
+
+def _standardisation(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return matrix.mean(0).astype(np.float32), (matrix.std(0) + 1e-6).astype(np.float32)
+
+
+class _Towers:
+    """The torch side of `TwoTower`: the same tensors, trainable."""
+
+    def __init__(self, vectors: np.ndarray, config: TwoTowerConfig, seed: int):
+        import torch
+
+        torch.manual_seed(seed)
+        self.center, self.scale = _standardisation(vectors)
+        self.x = torch.from_numpy((vectors - self.center) / self.scale)
+        self.user = torch.nn.Linear(vectors.shape[1], config.dim)
+        self.item = torch.nn.Linear(vectors.shape[1], config.dim)
+        self.config = config
+
+    def parameters(self):
+        return [*self.user.parameters(), *self.item.parameters()]
+
+    def logits(self, history, weights):
+        pooled = (self.x[history.clamp(min=0)] * weights.unsqueeze(-1)).sum(1)
+        return self.user(pooled) @ self.item(self.x).T
+
+    def export(self) -> TwoTower:
+        tensors = {"center": self.center, "scale": self.scale,
+                   "user_weight": self.user.weight.detach().T.contiguous().numpy().copy(), "user_bias": self.user.bias.detach().numpy().copy(),
+                   "item_weight": self.item.weight.detach().T.contiguous().numpy().copy(), "item_bias": self.item.bias.detach().numpy().copy()}
+        return TwoTower({k: tensors[k] for k in TENSORS}, self.config)
+
+
+def validation_ndcg(tower: TwoTower, vectors: ItemVectors, split: LeaveOneOutSplit, k: int = 10) -> float:
+    """Mean NDCG@k of the validation targets, full ranking over items unseen in each training prefix."""
+    ranker = EmbeddingRanker(tower, vectors)
+    total, users = 0.0, split.valid_users()
+    for user in users:
+        scores = ranker.catalog_scores(split.train[user])
+        if scores is None:
+            continue
+        seen = [ranker.row[i] for i in split.train[user] if i in ranker.row]
+        scores[seen] = -np.inf
+        target = scores[ranker.row[split.valid[user]]] if split.valid[user] in ranker.row else -np.inf
+        rank = int((scores > target).sum())
+        total += 1.0 / math.log2(rank + 2) if rank < k else 0.0
+    return total / max(len(users), 1)
+
+
+@dataclass
+class TrainResult:
+    tower: TwoTower
+    manifest: dict
+
+
+def train_towers(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingTrainConfig, progress: bool = True) -> TrainResult:
+    """`config.seeds` towers (seeds seed, seed+1, ...), each with its best validation epoch, joined into one (`join`)."""
+    import torch
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    data = next_item_examples(split.train, vectors.index(), config.tower)
+    if not len(data.target):
+        raise DatasetError("no next-item training examples: every user's training prefix is shorter than 2 items")
+    budget = _Budget(config)
+    runs = []
+    for seed in range(config.seed, config.seed + config.seeds):
+        runs.append(_train_one(vectors, split, config, data, seed, budget, progress))
+        if budget.spent():
+            break
+    tower = join([run.pop("tower") for run in runs])
+    ndcg = validation_ndcg(tower, vectors, split) if len(runs) > 1 else runs[0]["valid_ndcg10"]
+    manifest = {"examples": len(data.target), "steps": budget.steps, "wall_time_s": round(time.perf_counter() - budget.started, 1),
+                "seeds": runs, "valid_ndcg10_alone_full_ranking": round(ndcg, 5)}
+    return TrainResult(tower, manifest)
+
+
+def _train_one(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingTrainConfig, data: Examples, seed: int,
+               budget: _Budget, progress: bool) -> dict:
+    """AdamW on a full-catalog softmax; the epoch with the best validation NDCG@10 is kept (patience ends it early)."""
+    import torch
+
+    towers = _Towers(vectors.matrix, config.tower, seed)
+    optimizer = torch.optim.AdamW(towers.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    hist, weights, target = (torch.from_numpy(a) for a in (data.history, data.weights, data.target))
+    curve, best, stop = [], (-1.0, None, 0), None  # best: (valid NDCG@10, tower, epoch)
+    for epoch in range(1, config.epochs + 1):
+        order = torch.randperm(len(target), generator=generator)
+        total, seen = 0.0, 0
+        bar = tqdm(range(0, len(order), config.batch_size), desc=f"seed {seed}, epoch {epoch}/{config.epochs}", unit="batch",
+                   disable=not progress)
+        for start in bar:
+            idx = order[start : start + config.batch_size]
+            loss = torch.nn.functional.cross_entropy(towers.logits(hist[idx], weights[idx]), target[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+            bar.set_postfix(loss=f"{total / seen:.3f}")
+            stop = budget.step()
+            if stop:
+                break
+        tower = towers.export()
+        ndcg = validation_ndcg(tower, vectors, split)
+        curve.append({"epoch": epoch, "examples": seen, "train_loss": round(total / seen, 4), "valid_ndcg10": round(ndcg, 5),
+                      "seconds": round(time.perf_counter() - budget.started, 1)})
+        if ndcg > best[0]:
+            best = (ndcg, tower, epoch)
+        if stop or epoch - best[2] >= config.patience:
+            stop = stop or f"no better validation NDCG@10 for {config.patience} epoch(s)"
+            break
+    return {"seed": seed, "best_epoch": best[2], "valid_ndcg10": round(best[0], 5), "stopped": stop or "all epochs done",
+            "curve": curve, "tower": best[1]}
+
+
+def join(towers: Sequence[TwoTower]) -> TwoTower:
+    """One tower whose score is the mean of the towers' scores: user maps side by side (scaled 1/K), item maps side by side.
+
+    The towers share the standardisation (same item vectors), and <[u1..uK]/K, [v1..vK]> = mean_k <uk, vk>.
+    """
+    if len(towers) == 1:
+        return towers[0]
+    k = len(towers)
+    side = lambda name, scale: np.concatenate([t.tensors[name] * scale for t in towers], axis=-1).astype(np.float32)  # noqa: E731
+    tensors = {"center": towers[0].tensors["center"], "scale": towers[0].tensors["scale"],
+               "user_weight": side("user_weight", 1 / k), "user_bias": side("user_bias", 1 / k),
+               "item_weight": side("item_weight", 1.0), "item_bias": side("item_bias", 1.0)}
+    config = towers[0].config.model_copy(update={"dim": towers[0].config.dim * k})
+    return TwoTower({name: tensors[name] for name in TENSORS}, config)
+
+
+class _Budget:
+    """Optimizer steps and wall time, shared by all seeds of a run."""
+
+    def __init__(self, config: EmbeddingTrainConfig):
+        self.config, self.steps, self.started = config, 0, time.perf_counter()
+
+    def step(self) -> str | None:
+        self.steps += 1
+        return self.spent()
+
+    def spent(self) -> str | None:
+        if self.config.max_steps is not None and self.steps >= self.config.max_steps:
+            return f"step budget ({self.config.max_steps}) spent"
+        if self.config.max_minutes is not None and time.perf_counter() - self.started >= self.config.max_minutes * 60:
+            return f"time budget ({self.config.max_minutes:g} min) spent"
+        return None
+
+
+def fit_fusion(ranker: EmbeddingRanker, catalog: dict[str, Item], split: LeaveOneOutSplit, retriever: Retriever,
+               config: EmbeddingTrainConfig, progress: bool = True) -> tuple[float, dict[str, float], int]:
+    """The fusion weight on validation targets among the retriever's candidates (ties to the larger weight)."""
+    runs = []
+    for user in tqdm(split.valid_users(), desc="fusion fit (validation users)", unit="user", disable=not progress):
+        history = split.valid_history(user)
+        candidates = retriever.retrieve(history, config.candidates)
+        scores = ranker.score_many([([catalog[i] for i in history.item_ids], candidates)])[0]
+        runs.append(([c.item_id for c in candidates], scores, [c.retriever_rank for c in candidates], split.valid[user]))
+    table = choose_weight(runs, config.fusion_grid)
+    grid = {("inf" if math.isinf(w) else str(w)): round(v, 5) for w, v in table.items()}
+    return best_weight(table), grid, len(runs)
+
+
+def save_adapter(out: Path, tower: TwoTower, manifest: dict) -> Path:
+    """Write to a sibling folder, then swap it in: a failed or interrupted run never replaces the old adapter."""
+    from safetensors.numpy import save_file
+
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in tower.tensors.items()}, str(tmp / WEIGHTS_FILE))
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def build_manifest(model: str, config: EmbeddingTrainConfig, split: LeaveOneOutSplit, result: TrainResult, **extra) -> dict:
+    return {"objective": OBJECTIVE, "base_model": model_identity(model), "item_text": ITEM_TEXT_VERSION,
+            "data_fingerprint": split.fingerprint(), "config": json.loads(config.model_dump_json()), **result.manifest, **extra}
+
+
+def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrainConfig, progress: bool = True) -> tuple[Path, dict]:
+    """Item vectors (cached) → towers → fusion weight on validation → adapter folder + scenario file."""
+    from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, load_scenario, save_scenario, user_scenario_path
+    from llmrec.agents.encoder import item_vectors
+    from llmrec.agents.engines import display_name
+    from llmrec.agents.models import resolve_model
+    from llmrec.assets import folder_hash
+    from llmrec.pipeline import build_index
+    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.retrieval.retrievers import HybridRetriever
+
+    home = settings.resolved_home()
+    scenario = load_scenario(scenario_name, home)
+    dataset = load_dataset(scenario.dataset, home)
+    split = LeaveOneOutSplit.from_dataset(dataset)
+    model = resolve_model(settings.model, home)
+    began = time.perf_counter()
+    vectors = item_vectors(model, list(dataset.items.values()), home, config.encoder, progress)
+    vector_s = time.perf_counter() - began
+    result = train_towers(vectors, split, config, progress)
+    retriever = HybridRetriever(index=build_index(settings, dataset, progress=progress)).fit(split.train_histories())
+    ranker = EmbeddingRanker(result.tower, vectors)
+    weight, grid, users = fit_fusion(ranker, dataset.items, split, retriever, config, progress)
+    fusion = {"weight": None if math.isinf(weight) else weight, "grid": grid, "users": users, "candidates": config.candidates}
+    manifest = build_manifest(model, config, split, result, scenario=scenario_name, dataset=scenario.dataset,
+                              item_vectors_s=round(vector_s, 1), fusion=fusion, valid_ndcg10_on_candidates_alone=grid["0.0"],
+                              valid_ndcg10_fused=grid[_key(weight)], valid_ndcg10_retriever_order=grid["inf"])
+    out = save_adapter(user_scenario_path(home, scenario_name).parent / f"adapter-{OBJECTIVE}", result.tower, manifest)
+    name = f"{scenario_name}-{OBJECTIVE}"
+    scenario.adapter = AdapterSpec(name=name, path=str(out))
+    scenario.fusion = FusionSpec(weight=fusion["weight"], fitted_on=FusionFit(
+        split=f"{scenario.dataset} leave-one-out, validation targets", users=users, grid=grid, model=display_name(model),
+        adapter=name, adapter_sha256=folder_hash(out), permutations=settings.permutations))
+    save_scenario(scenario, home)
+    return out, manifest
+
+
+def _key(weight: float) -> str:
+    return "inf" if math.isinf(weight) else str(weight)

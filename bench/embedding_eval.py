@@ -1,0 +1,127 @@
+"""The `embedding` objective on ML-100K: validation diagnostics, then (with --test) the test targets and the cold-start slice.
+
+    LLMREC_HOME=.llmrec .venv/bin/python bench/embedding_eval.py [--adapter FOLDER] [--test] [--cold-start 3]
+
+Without --adapter it trains towers here (seeded, `--seeds` of them averaged) from the same config as
+`llmrec adapters train --objective embedding`. Validation: the fusion grid on all validation users and
+a 2-fold cross-fit (w chosen on one half of the users, measured on the other), the honest estimate of
+what fusion adds. --test: all test users with the weight fitted on all validation users, paired test
+against the hybrid; --cold-start N: the same with each test user's history cut to their first N
+training items (the hybrid is refitted on nothing new: it is the same fitted retriever).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+
+from llmrec.adapters.embedding import EmbeddingTrainConfig, train_towers
+from llmrec.adapters.fit import best_weight, choose_weight
+from llmrec.adapters.scenario import AdapterSpec
+from llmrec.agents.encoder import EmbeddingRanker, ItemEncoderConfig, TwoTowerConfig, item_vectors, load_two_tower
+from llmrec.agents.models import resolve_model
+from llmrec.eval import methods, stats
+from llmrec.eval.split import LeaveOneOutSplit
+from llmrec.pipeline import build_index
+from llmrec.retrieval.datasets import load_dataset
+from llmrec.retrieval.retrievers import HybridRetriever
+from llmrec.schemas import UserHistory
+from llmrec.settings import Settings
+
+
+def runs_for(ranker, catalog, retriever, cases, n=20):
+    """(candidate ids, scores, ranks, target) per case, as adapters.fit.choose_weight takes them."""
+    out, heads = [], {}
+    for user, history, target in cases:
+        cands = retriever.retrieve(history, n)
+        heads[user] = cands
+        scores = ranker.score_many([([catalog[i] for i in history.item_ids], cands)])[0]
+        out.append(([c.item_id for c in cands], scores, [c.retriever_rank for c in cands], target))
+    return out, heads
+
+
+def cross_fit(runs, grid, seed=0):
+    """Mean NDCG@10 when w is chosen on one half of the users and applied to the other (both ways)."""
+    idx = list(range(len(runs)))
+    random.Random(seed).shuffle(idx)
+    halves = [idx[: len(idx) // 2], idx[len(idx) // 2 :]]
+    total, chosen = 0.0, []
+    for fit_on, apply_to in (halves, halves[::-1]):
+        w = best_weight(choose_weight([runs[i] for i in fit_on], grid))
+        chosen.append(w)
+        total += choose_weight([runs[i] for i in apply_to], (w,))[w] * len(apply_to)
+    return total / len(runs), chosen
+
+
+def test_report(name, ranker, weight, catalog, retriever, cases, resamples=1000):
+    runs, heads = runs_for(ranker, catalog, retriever, cases)
+    scores = {user: r[1] for (user, _, _), r in zip(cases, runs)}
+    targets = {user: target for user, _, target in cases}
+    tails = {user: [c.item_id for c in heads[user]] for user in heads}
+    hybrid = {u: [c.item_id for c in heads[u]] for u in heads}
+    fused = methods.rerank_head(heads, tails, scores, weight)
+    alone = methods.rerank_head(heads, tails, scores, 0.0)
+    users = [u for u, _, _ in cases]
+    out = {"users": len(users), "weight": weight}
+    for label, ranked in (("hybrid", hybrid), ("fused", fused), ("alone (on the candidates)", alone)):
+        est = stats.bootstrap_ci([stats.metric_row(ranked[u], targets[u])["NDCG@10"] for u in users], resamples, 0)
+        out[label] = {"NDCG@10": round(est.mean, 4), "ci95": [round(est.low, 4), round(est.high, 4)]}
+    for label, ranked in (("fused", fused), ("alone (on the candidates)", alone)):
+        test = stats.paired_test(ranked, hybrid, targets, users, (label, "hybrid"))
+        out[f"paired: {label} vs hybrid"] = {"p": test.p_value, "wins": test.wins, "ties": test.ties, "losses": test.losses}
+    print(name, json.dumps(out, indent=1), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--adapter", help="an embedding adapter folder (default: train here)")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--layer", type=int, default=None)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--test", action="store_true", help="also the test targets (only for a config already chosen on validation)")
+    parser.add_argument("--cold-start", type=int, default=0, help="with --test: also test users with only their first N training items")
+    args = parser.parse_args()
+    settings = Settings()
+    home = settings.resolved_home()
+    dataset = load_dataset("ml-100k", home)
+    split = LeaveOneOutSplit.from_dataset(dataset)
+    model = resolve_model(settings.model, home)
+    retriever = HybridRetriever(index=build_index(settings, dataset, progress=False)).fit(split.train_histories())
+    started = time.perf_counter()
+    if args.adapter:
+        tower, manifest = load_two_tower(AdapterSpec(name="bench", path=args.adapter), model)
+        vectors = item_vectors(model, list(dataset.items.values()), home, ItemEncoderConfig.model_validate(manifest["config"]["encoder"]))
+    else:
+        encoder = ItemEncoderConfig(layer=args.layer, dtype=args.dtype)
+        vectors = item_vectors(model, list(dataset.items.values()), home, encoder)
+        config = EmbeddingTrainConfig(encoder=encoder, epochs=args.epochs, seeds=args.seeds, tower=TwoTowerConfig(dim=args.dim))
+        result = train_towers(vectors, split, config, progress=False)
+        tower = result.tower
+        print("valid NDCG@10 alone, full ranking:", result.manifest["valid_ndcg10_alone_full_ranking"])
+    print(f"towers ready in {time.perf_counter() - started:.1f} s", flush=True)
+    ranker = EmbeddingRanker(tower, vectors)
+    valid = [(u, split.valid_history(u), split.valid[u]) for u in split.valid_users()]
+    grid = EmbeddingTrainConfig().fusion_grid
+    runs, _ = runs_for(ranker, dataset.items, retriever, valid)
+    table = choose_weight(runs, grid)
+    crossed, chosen = cross_fit(runs, grid)
+    weight = best_weight(table)
+    print("valid grid", {("inf" if math.isinf(w) else w): round(v, 4) for w, v in table.items()})
+    print(f"valid cross-fit fused {crossed:.4f} (w per half {chosen}) vs retriever order {table[math.inf]:.4f}; w on all: {weight}", flush=True)
+    if not args.test:
+        return
+    test = [(u, split.test_history(u), split.test[u]) for u in split.test_users()]
+    test_report("TEST all users", ranker, weight, dataset.items, retriever, test)
+    if args.cold_start:
+        cold = [(u, UserHistory(user_id=u, item_ids=split.train[u][: args.cold_start]), split.test[u]) for u in split.test_users()]
+        test_report(f"TEST cold-start slice (first {args.cold_start} training items)", ranker, weight, dataset.items, retriever, cold)
+
+
+if __name__ == "__main__":
+    main()
