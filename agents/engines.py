@@ -182,6 +182,31 @@ class TokenizerFormatter(_ChatFormatting):
         self.model_name = display_name(model)
 
 
+def guard_kernel_scan() -> None:
+    """Let vLLM's start-up scan of `sys.modules` survive objects that lie about `__dict__`.
+
+    vLLM 0.32 (`triton_utils.dispatcher._rebind_kernels`) calls `vars(value).get(...)` on every module
+    attribute that has a `__dict__`. llvmlite's `binding.ffi.lib` (imported with numba by ranx or
+    implicit) answers any attribute, `__dict__` included, with a function wrapper, so an engine loaded
+    after `llmrec eval`'s imports failed with "'_lib_fn_wrapper' object has no attribute 'get'". The scan
+    resolves `vars` through its module's globals first, so a `vars` there that yields an empty mapping
+    for such objects keeps it working and changes nothing else.
+    """
+    import builtins
+    from collections.abc import Mapping
+
+    try:
+        from vllm.triton_utils import dispatcher
+    except ImportError:  # another vLLM version: nothing to guard
+        return
+
+    def safe_vars(obj=None):
+        found = builtins.vars(obj)
+        return found if isinstance(found, Mapping) else {}
+
+    dispatcher.vars = safe_vars
+
+
 def _eager_sampler() -> None:
     """Keep the first request free of a torch.compile of vLLM's sampler helper.
 
@@ -240,6 +265,7 @@ class InProcessVLLM(_ChatFormatting):
             kwargs.update(enable_lora=True, max_loras=self.config.max_adapters + 1, max_lora_rank=self.config.max_lora_rank)
         if self.config.enforce_eager:
             _eager_sampler()
+        guard_kernel_scan()
         try:
             llm = LLM(**kwargs)
             _warm_up(llm)

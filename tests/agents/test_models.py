@@ -25,3 +25,14 @@ def test_an_explicit_dtype_is_kept():
 
 def test_flags_are_matched_as_whole_words():
     assert not cpu_has_bf16("flags : avx512_bf16x")
+
+
+def test_vllm_kernel_scan_survives_llvmlite_being_imported_first():
+    """ranx/implicit import numba's llvmlite, whose `ffi.lib` fakes `__dict__`; vLLM's start-up scan must not die on it."""
+    import llvmlite.binding  # noqa: F401 - the object that broke the scan
+    from vllm.triton_utils import dispatcher
+
+    from llmrec.agents.engines import guard_kernel_scan
+
+    guard_kernel_scan()
+    dispatcher._rebind_kernels([])  # raised AttributeError ('_lib_fn_wrapper' ... 'get') before the guard
