@@ -28,6 +28,7 @@ test: bootstrap
 
 # SASRec (RecBole 1.2.1) as an external peer for `llmrec eval --baselines sasrec`. RecBole's pins clash with
 # vLLM's, so it gets its own venv; torch first (CPU wheel), ray/setuptools pinned for `recbole.quick_start`.
+# The other peer, `--baselines als` (implicit 0.7.3), comes with the [eval]/[dev] extras of the main venv.
 RECBOLE_VENV ?= .venv-recbole
 
 $(RECBOLE_VENV)/.installed:

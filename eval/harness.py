@@ -24,6 +24,7 @@ from llmrec.eval import explanations, methods, plots, position_bias, stats
 from llmrec.eval.markdown import render
 from llmrec.eval.methods import Case, LLMVariant
 from llmrec.eval.report import EmptyTestSet, OutputFolder, folder_hash, run_id, to_plain, write_json, write_rankings
+from llmrec.eval.als_implicit import ALSGrid, ALSResult, run_als
 from llmrec.eval.sasrec_recbole import SASRecConfig, SASRecResult, run_sasrec
 from llmrec.eval.split import SPLIT_VERSION, LeaveOneOutSplit
 from llmrec.retrieval.datasets import load_dataset
@@ -51,8 +52,10 @@ class EvalConfig(BaseModel):
     position_bias_permutations: int = Field(default=3, ge=2, le=8, description="Candidate orders averaged in the damped run.")
     explain_users: int = Field(default=20, ge=0)
     explain_k: int = Field(default=5, ge=1, le=20)
-    baselines: tuple[Literal["sasrec"], ...] = ()
-    sasrec_epochs: int = Field(default=2, ge=1)
+    baselines: tuple[Literal["sasrec", "als"], ...] = ()
+    sasrec_max_epochs: int = Field(default=200, ge=1, description="Cap on SASRec's epochs; early stopping on validation ends it sooner.")
+    sasrec_patience: int = Field(default=10, ge=1, description="SASRec stops after this many epochs without a better validation NDCG@10.")
+    als_grid: ALSGrid = Field(default_factory=ALSGrid, description="ALS hyper-parameters tried on validation NDCG@10.")
     batch: int = Field(default=16, ge=1, description="Users per LLM engine call (speed only).")
     recbole_python: Path = Field(default=Path(".venv-recbole/bin/python"), description="Relative: to the cwd, then the repo.")
 
@@ -89,13 +92,32 @@ def _subsample(cases: list[Case], n: int, seed: int, salt: str) -> list[Case]:
 
 
 def _variants(pipeline) -> list[LLMVariant]:
-    weight = pipeline.scenario.fusion.effective_weight()
+    """The base LLM and, where the scenario has one, its adapter; each gets the stored weight only if it was fitted for it.
+
+    An `embedding` adapter's two-tower ranker is the only variant of its scenario: the zero-shot LLM rows
+    belong to the base scenario's report (they cost the LLM's prompts, this costs dot products)."""
+    if not isinstance(pipeline.ranker, LLMRanker):
+        weight, note = pipeline.ranker.config.fusion_weight, pipeline.fusion_note
+        return [LLMVariant("embedding", pipeline.ranker, {"llmrec-embedding": weight, **({"embedding-only": 0.0} if weight != 0 else {})},
+                           adapter=pipeline.scenario.adapter, descriptions={"llmrec-embedding": note} if note else {})]
+    scenario, model, permutations = pipeline.scenario, pipeline.engine.model_name, pipeline.ranker.config.permutations
+    weight, note = scenario.fusion.weight_for(model, None, permutations, scenario.name)
     base = LLMRanker(pipeline.engine, pipeline.dataset.items, pipeline.ranker.prompts, pipeline.ranker.config, adapter=None)
-    out = [LLMVariant("base", base, {"llmrec": weight, **({"llm-only": 0.0} if weight != 0 else {})})]
-    if pipeline.scenario.adapter is not None:
+    out = [LLMVariant("base", base, {"llmrec": weight, **({"llm-only": 0.0} if weight != 0 else {})},
+                      descriptions={"llmrec": note} if note else {})]
+    if scenario.adapter is not None:
+        weight, note = scenario.fusion.weight_for(model, scenario.adapter, permutations, scenario.name)
         out.append(LLMVariant("lora", pipeline.ranker, {"llmrec-lora": weight, **({"llm-only-lora": 0.0} if weight != 0 else {})},
-                              adapter=pipeline.scenario.adapter))
+                              adapter=scenario.adapter, descriptions={"llmrec-lora": note} if note else {}))
     return out
+
+
+def _dataset_summary(dataset) -> dict:
+    """What was loaded, and every load note (dropped rows, repeated interactions, no timestamps)."""
+    report = dataset.report
+    return {"name": dataset.name, "interactions": report.interactions, "users": report.users, "items": report.items,
+            "dropped_unknown_items": report.dropped_unknown_items, "duplicate_interactions": report.duplicate_interactions,
+            "notes": list(report.notes)}
 
 
 def _seconds(values) -> dict[str, float]:
@@ -114,14 +136,16 @@ def _identity(settings: Settings, config: EvalConfig, pipeline, split: LeaveOneO
         "dtype": getattr(getattr(pipeline.engine, "config", None), "dtype", settings.dtype),
         "adapter": {"name": adapter.name, "sha256": folder_hash(Path(adapter.path))} if adapter else None,
         "fusion_weight": pipeline.scenario.fusion.effective_weight(),
-        "prompts": {"rank": pipeline.ranker.prompts.config.model_dump(), "explain": pipeline.explainer.prompts.config.model_dump()},
+        "prompts": {"rank": pipeline.ranker.prompts.config.model_dump() if isinstance(pipeline.ranker, LLMRanker) else None,
+                    "explain": pipeline.explainer.prompts.config.model_dump()},
         "ranker": {"candidates": settings.candidates, "permutations": settings.permutations, "seed": settings.seed},
         "retriever": pipeline.retriever.config.model_dump(mode="json"),
     }
 
 
 def run_eval(settings: Settings, config: EvalConfig, out: Path, *, force: bool = False, engine=None,
-             progress: bool = True) -> EvalOutcome:
+             progress: bool = True, notify=None) -> EvalOutcome:
+    """`notify(notes)`, when given, receives the dataset's load notes as soon as it is loaded (the CLI prints them)."""
     from llmrec.pipeline import build_pipeline
 
     started = time.perf_counter()
@@ -131,6 +155,8 @@ def run_eval(settings: Settings, config: EvalConfig, out: Path, *, force: bool =
     if config.dataset and not _same_dataset(config.dataset, scenario.dataset):
         raise LLMRecError(f"scenario {scenario.name!r} is built on dataset {scenario.dataset!r}, not {config.dataset!r}; "
                           "give that scenario's dataset, or another --scenario")
+    if notify is not None:
+        notify(dataset.report.notes)
     split = LeaveOneOutSplit.from_dataset(dataset)
     cases = _cases(split, config)
     pipeline = build_pipeline(settings, scenario.name, train_histories=split.train_histories(), engine=engine, progress=progress)
@@ -140,7 +166,7 @@ def run_eval(settings: Settings, config: EvalConfig, out: Path, *, force: bool =
     try:
         run = _Run(settings, config, pipeline, split, cases, progress)
         report = run.execute()
-        report = to_plain({"run_id": folder.run_id, "identity": identity, **report,
+        report = to_plain({"run_id": folder.run_id, "identity": identity, "dataset": _dataset_summary(dataset), **report,
                            "wall_seconds": round(time.perf_counter() - started, 1)})
         run.write(stage, report)
         files = folder.commit()
@@ -176,6 +202,7 @@ class _Run:
         self._timed("retrieval methods", self._retrievers)
         self._timed("LLM rerank", self._llm)
         self._timed("SASRec", self._sasrec)
+        self._timed("ALS", self._als)
         if self.config.sampled:
             self._timed("sampled protocol", self._sampled_protocol)
         self._timed("position bias", self._position_bias)
@@ -200,10 +227,11 @@ class _Run:
 
     def _llm(self) -> None:
         n = self.settings.candidates
-        start = time.perf_counter()
-        self.pipeline.engine.generate(["warm-up"], max_tokens=1)  # loads vLLM, so per-user times exclude the load
-        self.cost["engine_load_s"] = round(time.perf_counter() - start, 1)
         self.variants = _variants(self.pipeline)
+        if any(isinstance(v.ranker, LLMRanker) for v in self.variants):
+            start = time.perf_counter()
+            self.pipeline.engine.generate(["warm-up"], max_tokens=1)  # loads vLLM, so per-user times exclude the load
+            self.cost["engine_load_s"] = round(time.perf_counter() - start, 1)
         for variant in self.variants:
             scores, secs = methods.score_all(variant.ranker, self.catalog, self.cases, self.head, self.config.batch,
                                              f"LLM rerank ({variant.label})", self.progress)
@@ -222,15 +250,34 @@ class _Run:
         python = self.config.recbole_python
         if not python.is_absolute() and not python.is_file():
             python = Path(__file__).resolve().parents[1] / python
-        config = SASRecConfig(epochs=self.config.sasrec_epochs, seed=self.config.seed, python=python)
+        config = SASRecConfig(max_epochs=self.config.sasrec_max_epochs, patience=self.config.sasrec_patience, seed=self.config.seed,
+                              python=python)
         result = run_sasrec(self.split, config, self.settings.resolved_home(), Path.cwd())
         if isinstance(result, str):
             self.extra["sasrec"] = {"status": result}
             return
         self.sasrec: SASRecResult = result
         self.rankings["sasrec"] = {u: result.rankings[u][: self.config.depth] for u in self.users}
-        self.descriptions["sasrec"] = f"SASRec (RecBole 1.2.1, CE loss), {result.epochs} epoch(s) on our training split"
+        self.descriptions["sasrec"] = (f"SASRec (RecBole 1.2.1, CE loss) on our training split, the weights of epoch {result.best_epoch} "
+                                       f"(0-based) of {result.epochs}: early stopping on validation NDCG@10, patience {result.patience}")
         self.extra["sasrec"] = {"status": "ok", **result.model_dump(exclude={"rankings"})}
+
+    def _als(self) -> None:
+        if "als" not in self.config.baselines:
+            self.extra["als"] = {"status": "not requested (--baselines als)"}
+            return
+        depth = len(self.catalog) if self.config.sampled else self.config.depth  # the sampled protocol needs the full order
+        result = run_als(self.split, self.users, depth, self.config.als_grid, self.config.seed)
+        if isinstance(result, str):
+            self.extra["als"] = {"status": result}
+            return
+        self.als: ALSResult = result
+        self.rankings["als"] = {u: result.rankings[u][: self.config.depth] for u in self.users}
+        best = result.best
+        self.descriptions["als"] = (f"implicit {result.implicit_version} ALS on the training prefixes, user vector recomputed from the test "
+                                    f"history; tuned on validation NDCG@10: {best.factors} factors, regularization {best.regularization:g}, "
+                                    f"alpha {best.alpha:g}, {best.iterations} iterations")
+        self.extra["als"] = {"status": "ok", **result.model_dump(exclude={"rankings"})}
 
     def _sampled_protocol(self) -> None:
         ids = sorted(self.catalog)
@@ -240,6 +287,8 @@ class _Run:
             self.sampled[method.name] = {u: methods.restrict([c.item_id for c in full[u]], items[u], self.config.seed, u) for u in self.users}
         if "sasrec" in self.rankings:
             self.sampled["sasrec"] = {u: methods.restrict(self.sasrec.rankings[u], items[u], self.config.seed, u) for u in self.users}
+        if "als" in self.rankings:
+            self.sampled["als"] = {u: methods.restrict(self.als.rankings[u], items[u], self.config.seed, u) for u in self.users}
         head = {u: methods.as_candidates(self.sampled["hybrid"][u]) for u in self.users}
         for variant in self.variants:
             scores, _ = methods.score_all(variant.ranker, self.catalog, self.cases, head, self.config.batch,
@@ -250,7 +299,7 @@ class _Run:
     def _position_bias(self) -> None:
         eligible = [c for c in self.cases if c.target in {x.item_id for x in self.head[c.user_id]}]
         chosen = _subsample(eligible, self.config.position_bias_users, self.config.seed, "position-bias")
-        if not chosen:
+        if not chosen or not isinstance(self.pipeline.ranker, LLMRanker):  # a two-tower score has no list positions
             self.extra["position_bias"] = None
             return
         ranker = self.pipeline.ranker
@@ -261,7 +310,7 @@ class _Run:
 
     def _explanations(self) -> None:
         chosen = _subsample(self.cases, self.config.explain_users, self.config.seed, "explanations")
-        method = "llmrec-lora" if self.pipeline.scenario.adapter else "llmrec"
+        method = next(iter(self.variants[-1].weights))  # the scenario's own ranker, fused: llmrec, llmrec-lora or llmrec-embedding
         if not chosen:
             self.extra["explanations"] = None
             return
@@ -315,6 +364,9 @@ class _Run:
             write_rankings(stage, name, ranked, self.targets, self.users)
         plots.metric_curves(stage / "curves.png", self.curves, f"Full ranking, {len(self.users)} test users")
         plots.funnel(stage / "funnel.png", self.funnel, len(self.users))
+        if report.get("sasrec", {}).get("status") == "ok":
+            sasrec = report["sasrec"]
+            plots.validation_curve(stage / "sasrec_valid.png", sasrec["valid_curve"], sasrec["best_epoch"])
         bias = report.get("position_bias")
         if bias:
             plots.position_bias(stage / "position_bias.png", bias["positions"], bias["mean_rank"], len(bias["users"]))
@@ -324,11 +376,13 @@ class _Run:
 
 
 def _describe(name: str, weight: float, variant: LLMVariant, n: int) -> str:
-    model = "the LoRA adapter" if variant.adapter else "the zero-shot base LLM"
-    if name.startswith("llm-only"):
+    model = {"embedding": "the embedding adapter (LLM item vectors, trained two-tower)", "lora": "the LoRA adapter"}.get(
+        variant.label, "the zero-shot base LLM")
+    if name.startswith(("llm-only", "embedding-only")):
         return f"hybrid top-{n} reranked by {model} alone (w=0), positions {n + 1}-100 in hybrid order; diagnostic"
     w = "inf: the LLM only breaks ties, so this is the hybrid order" if weight == float("inf") else f"{weight:g}"
-    return f"hybrid top-{n} reranked by {model} fused with the retriever rank (w={w}), positions {n + 1}-100 in hybrid order"
+    note = f"; {variant.descriptions[name]}" if name in variant.descriptions else ""
+    return f"hybrid top-{n} reranked by {model} fused with the retriever rank (w={w}), positions {n + 1}-100 in hybrid order{note}"
 
 
 def _random_expectation(config: EvalConfig, candidates: int, catalog: int) -> dict:

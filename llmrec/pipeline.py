@@ -11,14 +11,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from llmrec.adapters.scenario import Scenario, load_scenario
-from llmrec.agents.engines import EngineConfig, InProcessVLLM, ServerVLLM, check_adapter
+from llmrec.agents.encoder import OBJECTIVE as EMBEDDING
+from llmrec.agents.encoder import load_embedding_ranker, objective_of
+from llmrec.agents.engines import EngineConfig, InProcessVLLM, ServerVLLM, verify_adapter
 from llmrec.agents.explainer import LLMExplainer
 from llmrec.agents.grounding import GroundingValidator
 from llmrec.agents.models import pick_dtype, resolve_model
 from llmrec.agents.ranker import LLMRanker, LLMRankerConfig, retriever_order
-from llmrec.errors import ChromaUnavailable, EmptyHistory, LLMRecError, LLMUnavailable, UnknownItem
+from llmrec.errors import ChromaUnavailable, DatasetError, EmptyHistory, LLMRecError, LLMUnavailable, UnknownItem
 from llmrec.prompts import ExplainPromptBuilder, ExplainPromptConfig, RankPromptBuilder, RankPromptConfig
-from llmrec.protocols import LLMEngine, Retriever
+from llmrec.protocols import LLMEngine, Retriever, ScoringRanker
 from llmrec.retrieval.catalog import Dataset
 from llmrec.retrieval.datasets import load_dataset
 from llmrec.retrieval.embedder import SentenceEmbedder, ensure_minilm
@@ -54,13 +56,17 @@ def make_engine(settings: Settings, adapters: int = 0) -> LLMEngine:
 def build_index(settings: Settings, dataset: Dataset, progress: bool = True) -> CatalogIndex:
     """Open (and, where items are missing or changed, fill) the dataset's Chroma collection."""
     home = settings.resolved_home()
-    index = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=settings.chroma_url))
+    index = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=settings.chroma_url),
+                         source=dataset.source)
     index.build(dataset.items.values(), progress=progress)  # idempotent: ~0.1 s when nothing changed
     return index
 
 
 def popular_diverse(dataset: Dataset, popularity: Mapping[str, int], k: int, pool: int = 100) -> list[str]:
     """Cold start: from the `pool` most popular items, greedily prefer ones adding unseen genres."""
+    if not popularity:
+        raise DatasetError(f"dataset {dataset.name}: no item has an interaction to rank by popularity, "
+                           "so a cold start has nothing to recommend")
     ranked = sorted(popularity, key=lambda i: (-popularity[i], i))[:pool]
     chosen: list[str] = []
     covered: set[str] = set()
@@ -79,20 +85,24 @@ class Pipeline:
     dataset: Dataset
     retriever: Retriever
     engine: LLMEngine
-    ranker: LLMRanker
+    ranker: ScoringRanker
     explainer: LLMExplainer
     popularity: dict[str, int] = field(default_factory=dict)
     fallback_retriever: Retriever | None = None
     """Used when the main retriever's store (Chroma) fails mid-run: the same retriever without it."""
+    fusion_note: str | None = None
+    """Why the scenario's stored fusion weight is not applied (not fitted, or fitted for another model/adapter/permutations)."""
 
-    def retrieve(self, history: UserHistory, notes: list[str]) -> list[Candidate]:
+    def retrieve(self, history: UserHistory, notes: list[str], k: int | None = None) -> list[Candidate]:
+        """The retriever's top `k` (default: the LLM's candidate count); Chroma failing mid-run is a note, not an error."""
+        k = k or self.settings.candidates
         try:
-            return self.retriever.retrieve(history, self.settings.candidates)
+            return self.retriever.retrieve(history, k)
         except ChromaUnavailable as exc:
             if self.fallback_retriever is None:
                 raise
             notes.append(f"Chroma was unavailable ({exc}); candidates come from co-occurrence and popularity only")
-            return self.fallback_retriever.retrieve(history, self.settings.candidates)
+            return self.fallback_retriever.retrieve(history, k)
 
     def lookup(self, request: RecommendRequest) -> UserHistory:
         if request.user_id is not None and request.history is not None:
@@ -114,10 +124,17 @@ class Pipeline:
         clock = time.perf_counter()
         history = self.lookup(request)
         history_items = self.items(history.item_ids)
-        notes: list[str] = []
+        notes: list[str] = list(self.dataset.report.notes)  # what loading dropped or assumed qualifies every answer
         if not history.item_ids:
             return self._cold_start(request, timings)
-        candidates = self.retrieve(history, notes)
+        retrieved = self.retrieve(history, notes, max(request.k, self.settings.candidates))
+        candidates, tail = retrieved[: self.settings.candidates], retrieved[self.settings.candidates :]
+        if request.k > len(candidates) and tail:
+            notes.append(f"the LLM reranks the retriever's first {len(candidates)} candidates; "
+                         f"positions {len(candidates) + 1}-{len(candidates) + min(len(tail), request.k - len(candidates))} "
+                         "are in the retriever's order")
+        if len(retrieved) < request.k:
+            notes.append(f"asked for {request.k} items, but only {len(retrieved)} unseen items could be retrieved")
         timings["retrieve"] = _ms(clock)
         degraded_reason = None
         clock = time.perf_counter()
@@ -128,15 +145,14 @@ class Pipeline:
             if history_dropped:
                 notes.append(f"the prompt holds the {history_used} most recent of {len(history_items)} history items; "
                              f"{history_dropped} older ones were left out of it (retrieval used all of them)")
-            if self.scenario.fusion.weight is None:
-                notes.append("the scenario's fusion weight is not fitted, so the retriever's order is kept; "
-                             "run `llmrec fit-fusion` to let the LLM's scores count")
+            if self.fusion_note:
+                notes.append(self.fusion_note)
         except LLMUnavailable as exc:
             ranked, degraded_reason = retriever_order(candidates), str(exc)
             history_used, history_dropped = len(history_items), 0
             notes.append("the LLM was unavailable, so this is the retriever's order")
         timings["rank"] = _ms(clock)
-        top = ranked[: request.k]
+        top = (ranked + retriever_order(tail, start=len(ranked)))[: request.k]
         explanations, stats = None, None
         if request.explain:
             clock = time.perf_counter()
@@ -182,7 +198,8 @@ class Pipeline:
             user_id=request.user_id, scenario=self.scenario.name, model=self.engine.model_name, adapter=None,
             recommendations=self._recommendations(ranked, explanations), ranking="cold-start", cold_start=True,
             history_used=0, explanations=ExplanationStats(llm=0, fallback=len(ids)) if explanations else None,
-            notes=("empty history: these are popular items chosen to cover many genres, not personalised",), timings_ms=timings,
+            notes=(*self.dataset.report.notes, "empty history: these are popular items chosen to cover many genres, not personalised"),
+            timings_ms=timings,
         )
 
 
@@ -199,20 +216,29 @@ def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_h
     index = build_index(settings, dataset, progress=progress)
     histories = {u: list(v) for u, v in (train_histories or dataset.histories()).items()}
     retriever = HybridRetriever(index=index).fit(histories)
-    if engine is None:
-        engine = make_engine(settings, adapters=1 if scenario.adapter else 0)
     adapter = scenario.adapter
-    if adapter is not None and hasattr(engine, "config"):
-        check_adapter(adapter, engine.config.model)
+    # The manifest names the adapter's objective; an `embedding` adapter ranks by itself and never reaches the engine.
+    embedding = adapter is not None and objective_of(adapter) == EMBEDDING
+    lora = None if embedding else adapter
+    if engine is None:
+        engine = make_engine(settings, adapters=1 if lora else 0)
+    if lora is not None:
+        verify_adapter(engine, lora)  # in process and on a server alike (exit 6)
+    weight, fusion_note = scenario.fusion.weight_for(engine.model_name, adapter, settings.permutations, scenario.name)
     rank_prompts = RankPromptBuilder(RankPromptConfig(domain=scenario.domain, max_history_items=settings.max_history_items,
                                                       token_budget=settings.max_model_len - 16))
-    ranker = LLMRanker(engine, dataset.items, rank_prompts,
-                       LLMRankerConfig(fusion_weight=scenario.fusion.effective_weight(), permutations=settings.permutations,
-                                       seed=settings.seed), adapter=adapter)
+    ranker: ScoringRanker
+    if embedding:  # exit 6 when it was built on another base model
+        base = getattr(getattr(engine, "config", None), "model", None) or resolve_model(settings.model, home)
+        ranker = load_embedding_ranker(adapter, base, list(dataset.items.values()), home, weight, progress)
+    else:
+        ranker = LLMRanker(engine, dataset.items, rank_prompts,
+                           LLMRankerConfig(fusion_weight=weight, permutations=settings.permutations,
+                                           seed=settings.seed), adapter=lora)
     explainer = LLMExplainer(engine, ExplainPromptBuilder(ExplainPromptConfig(domain=scenario.domain)),
-                             GroundingValidator(dataset.items.values()), adapter=adapter)
+                             GroundingValidator(dataset.items.values()), adapter=lora)
     # The cold-start pool: the hybrid's own fitted popularity member, not a second count.
     pool = retriever.popularity.retrieve(UserHistory(user_id=None, item_ids=()), 100)
     popularity = {c.item_id: int(c.retriever_score) for c in pool}
     fallback = HybridRetriever(retriever.config, index=None).fit(histories)
-    return Pipeline(settings, scenario, dataset, retriever, engine, ranker, explainer, popularity, fallback)
+    return Pipeline(settings, scenario, dataset, retriever, engine, ranker, explainer, popularity, fallback, fusion_note=fusion_note)
