@@ -1,25 +1,12 @@
 """The pipeline's retrieval stage with real Chroma: more items than the LLM reranks, and a Chroma server
 that dies mid-run. The LLM is scripted here (these tests are about retrieval, not about the model)."""
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
 from llmrec.schemas import RecommendRequest
-from llmrec.testing import ScriptedEngine
+from llmrec.testing import ScriptedEngine, start_chroma_server
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,18 +31,8 @@ def test_k_beyond_the_candidates_is_filled_in_the_retrievers_order_and_says_so(s
 
 @pytest.fixture()
 def chroma_server(tmp_path):
-    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    port = _free_port()
-    proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "chroma"), "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
-    yield proc, f"http://127.0.0.1:{port}"
+    proc, url = start_chroma_server(tmp_path / "chroma")
+    yield proc, url
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=20)

@@ -1,40 +1,17 @@
 """CatalogIndex against a real Chroma server (`chroma run`) on loopback."""
 
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
 from llmrec.errors import ChromaUnavailable
 from llmrec.retrieval.embedder import SentenceEmbedder, ensure_minilm
 from llmrec.retrieval.index import CatalogIndex, IndexConfig
 from llmrec.schemas import Item
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from llmrec.testing import free_port, start_chroma_server
 
 
 @pytest.fixture(scope="module")
 def chroma_url(tmp_path_factory):
-    chroma = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
-    port = free_port()
-    proc = subprocess.Popen([chroma, "run", "--path", str(tmp_path_factory.mktemp("chroma")), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.5)
+    proc, url = start_chroma_server(tmp_path_factory.mktemp("chroma"))
     yield url
     proc.terminate()
     proc.wait(timeout=20)
