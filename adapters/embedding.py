@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from llmrec.adapters.fit import best_weight, choose_weight
+from llmrec.adapters.train import swap_in
 from llmrec.agents.encoder import (
     ITEM_TEXT_VERSION, OBJECTIVE, TENSORS, WEIGHTS_FILE, EmbeddingRanker, ItemEncoderConfig,
     ItemVectors, TwoTower, TwoTowerConfig, history_weights, model_identity,
@@ -251,12 +252,7 @@ def save_adapter(out: Path, tower: TwoTower, manifest: dict) -> Path:
     tmp.mkdir(parents=True)
     save_file({k: np.ascontiguousarray(v) for k, v in tower.tensors.items()}, str(tmp / WEIGHTS_FILE))
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out)
     return out
 
 

@@ -245,10 +245,15 @@ def _publish(model, manifest: dict, out_dir: Path, checkpoint: _Checkpoint) -> N
     shutil.rmtree(staged, ignore_errors=True)
     model.save_pretrained(staged)
     (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    old = out_dir.with_name(out_dir.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    staged.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in(staged, out_dir)
     shutil.rmtree(checkpoint.root, ignore_errors=True)
+
+
+def swap_in(staged: Path, target: Path) -> None:
+    """Replace `target` by the finished folder `staged`; the old folder is removed only once the new one is in place."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    staged.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

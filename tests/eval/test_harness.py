@@ -23,17 +23,6 @@ def last_label_engine() -> ScriptedEngine:
     return ScriptedEngine(score=lambda prompt, n: [-float(n - i) for i in range(n)])
 
 
-@pytest.fixture
-def eval_home(tmp_path, settings) -> Path:
-    """A fresh home that shares the real cache's data, models and index (read-mostly) but has its own scenarios."""
-    real = settings.resolved_home()
-    home = tmp_path / "home"
-    home.mkdir()
-    for name in ("datasets", "models", "wheels", "chroma"):
-        (home / name).symlink_to(real / name)
-    return home
-
-
 @pytest.mark.slow  # the paired tests use ranx (numba-compiled on first use)
 def test_scripted_run_writes_every_file(tmp_path, eval_home) -> None:
     settings = Settings(home=eval_home)

@@ -26,17 +26,6 @@ CURVE = [{"epoch": e, "train_loss": 1000.0 - 10 * e, "train_s": 100.0, "valid_nd
          for e, v in enumerate([0.05, 0.07, 0.08, 0.079, 0.078])]
 
 
-@pytest.fixture
-def eval_home(tmp_path, settings) -> Path:
-    """A fresh home sharing the real cache's data, models and index, with its own eval cache."""
-    real = settings.resolved_home()
-    home = tmp_path / "home"
-    home.mkdir()
-    for name in ("datasets", "models", "wheels", "chroma"):
-        (home / name).symlink_to(real / name)
-    return home
-
-
 def _store_sasrec(home: Path, config: EvalConfig) -> None:
     split = LeaveOneOutSplit.from_dataset(load_dataset("ml-100k", home))
     key = SASRecConfig(max_epochs=config.sasrec_max_epochs, patience=config.sasrec_patience, seed=config.seed).key(split.fingerprint())
