@@ -28,6 +28,7 @@ from llmrec.eval.als_implicit import ALSGrid, ALSResult, run_als
 from llmrec.eval.sasrec_recbole import SASRecConfig, SASRecResult, run_sasrec
 from llmrec.eval.split import SPLIT_VERSION, LeaveOneOutSplit
 from llmrec.retrieval.datasets import load_dataset
+from llmrec.schemas import UserHistory
 from llmrec.settings import Settings
 
 HARNESS_VERSION = "eval/v1"
@@ -56,6 +57,8 @@ class EvalConfig(BaseModel):
     sasrec_max_epochs: int = Field(default=200, ge=1, description="Cap on SASRec's epochs; early stopping on validation ends it sooner.")
     sasrec_patience: int = Field(default=10, ge=1, description="SASRec stops after this many epochs without a better validation NDCG@10.")
     als_grid: ALSGrid = Field(default_factory=ALSGrid, description="ALS hyper-parameters tried on validation NDCG@10.")
+    cold_start_items: int = Field(default=3, ge=0, description="The cold-start slice: every test user again with only the first "
+                                  "this many training items as history; 0 leaves the slice out.")
     batch: int = Field(default=16, ge=1, description="Users per LLM engine call (speed only).")
     recbole_python: Path = Field(default=Path(".venv-recbole/bin/python"), description="Relative: to the cwd, then the repo.")
 
@@ -201,6 +204,11 @@ class _Run:
         self.stage_seconds: dict[str, float] = {}
         self._timed("retrieval methods", self._retrievers)
         self._timed("LLM rerank", self._llm)
+        self.rankings["oracle"] = methods.oracle(self.head, self.rankings["hybrid"], self.targets)
+        self.descriptions["oracle"] = (f"the reranker's ceiling: the target first wherever it is among the hybrid's {self.settings.candidates} "
+                                       "candidates, else the hybrid order; no method can beat it by reranking")
+        if self.config.cold_start_items:
+            self._timed("cold-start slice", self._cold_start)
         self._timed("SASRec", self._sasrec)
         self._timed("ALS", self._als)
         if self.config.sampled:
@@ -242,6 +250,26 @@ class _Run:
             self.cost[f"rank_s_per_user ({variant.label}, batches of {self.config.batch})"] = _seconds(secs)
             self.cost[f"prompt_tokens ({variant.label})"] = {"mean": round(float(np.mean(tokens)), 1), "min": min(tokens), "max": max(tokens),
                                                              "users_with_history_cut": sum(s.history_dropped > 0 for s in scores.values())}
+
+    def _cold_start(self) -> None:
+        """Every evaluated user again, with only the first `cold_start_items` training items as history: where
+        co-occurrence knows least and content knowledge should matter most. Same targets; retrievers stay fitted
+        on the full training split (other users' data); SASRec and ALS are not rerun on the slice."""
+        n, keep = self.settings.candidates, self.config.cold_start_items
+        cases = [Case(c.user_id, UserHistory(user_id=c.user_id, item_ids=self.split.train[c.user_id][:keep]), c.target) for c in self.cases]
+        rankings: dict[str, dict[str, list[str]]] = {}
+        for method in methods.retriever_methods(self.pipeline.retriever):
+            cands, _ = methods.retrieve_all(method.retriever, cases, self.config.depth, f"cold start: {method.name}", self.progress)
+            rankings[method.name] = methods.ids(cands)
+            if method.name == "hybrid":
+                head = {u: c[:n] for u, c in cands.items()}
+        for variant in self.variants:
+            scores, _ = methods.score_all(variant.ranker, self.catalog, cases, head, self.config.batch,
+                                          f"cold start: LLM ({variant.label})", self.progress)
+            for name, weight in variant.weights.items():
+                rankings[name] = methods.rerank_head(head, rankings["hybrid"], scores, weight)
+        rankings["oracle"] = methods.oracle(head, rankings["hybrid"], self.targets)
+        self.cold = {"items": keep, "rankings": rankings, "head": head}
 
     def _sasrec(self) -> None:
         if "sasrec" not in self.config.baselines:
@@ -344,6 +372,7 @@ class _Run:
                         test = stats.paired_test(self.rankings[name], self.rankings["hybrid"], self.targets, users,
                                                  (name, "hybrid"), "ndcg@10", cfg.stat_test)
                         tests.append({"group": group, **test.model_dump()})
+        cold = self._cold_metrics() if getattr(self, "cold", None) else None
         top10 = lambda name: sum(self.targets[u] in self.rankings[name][u][:10] for u in self.users)  # noqa: E731
         funnel = [("test users", len(self.users)),
                   ("in retrieval@100 (hybrid)", sum(self.targets[u] in self.rankings["hybrid"][u] for u in self.users)),
@@ -356,12 +385,25 @@ class _Run:
             "fusion_weight": self.pipeline.scenario.fusion.weight, "fusion_fit": self.pipeline.scenario.fusion.fitted_on,
             "methods": results, "paired_tests": tests, "funnel": funnel, "curves": curves,
             "random_expectation": _random_expectation(cfg, self.settings.candidates, len(self.catalog)),
-            **self.extra, "cost": self.cost,
+            **self.extra, "cold_start": cold, "cost": self.cost,
         }
+
+    def _cold_metrics(self) -> dict:
+        cfg, rankings, head = self.config, self.cold["rankings"], self.cold["head"]
+        in_cands = [u for u in self.users if self.targets[u] in {c.item_id for c in head[u]}]
+        results = {name: {"full": stats.summarise([stats.metric_row(ranked[u], self.targets[u]) for u in self.users], cfg.bootstrap, cfg.seed)}
+                   for name, ranked in rankings.items()}
+        tests = [{"group": "cold-start slice", **stats.paired_test(rankings[name], rankings["hybrid"], self.targets, self.users,
+                                                                  (name, "hybrid"), "ndcg@10", cfg.stat_test).model_dump()}
+                 for variant in self.variants for name in variant.weights]
+        return {"history_items": self.cold["items"], "users": len(self.users), "users_target_in_candidates": len(in_cands),
+                "methods": results, "paired_tests": tests}
 
     def write(self, stage: Path, report: dict) -> None:
         for name, ranked in self.rankings.items():
             write_rankings(stage, name, ranked, self.targets, self.users)
+        for name, ranked in (getattr(self, "cold", None) or {}).get("rankings", {}).items():
+            write_rankings(stage, f"cold-start-{name}", ranked, self.targets, self.users)
         plots.metric_curves(stage / "curves.png", self.curves, f"Full ranking, {len(self.users)} test users")
         plots.funnel(stage / "funnel.png", self.funnel, len(self.users))
         if report.get("sasrec", {}).get("status") == "ok":

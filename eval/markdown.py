@@ -83,6 +83,7 @@ def render(report: dict) -> str:
                   "Retrievers order the sample by their full-catalog list (items they never rank follow in seeded random order); "
                   "LLM methods rerank the 20 sampled items, given in the hybrid's order.", "",
                   *_table({k: v for k, v in report["methods"].items() if "sampled" in v}, "sampled", ["NDCG@10", "HR@1", "HR@5", "HR@10", "MRR"])]
+    lines += _cold_start(report.get("cold_start"))
     lines += ["", "## Reference: a random order", ""] + [f"- {k}: {v}" for k, v in report["random_expectation"].items()]
     lines += _sasrec(report.get("sasrec") or {})
     lines += _als(report.get("als") or {})
@@ -110,6 +111,20 @@ def _data(info: dict | None) -> list[str]:
     lines = ["## Data", "", f"Dataset `{info['name']}`: {info['interactions']} interactions kept, {info['users']} users, "
              f"{info['items']} items. " + ("Load notes:" if info["notes"] else "Loading left no notes."), ""]
     return lines + [f"- {note}" for note in info["notes"]] + ([""] if info["notes"] else [])
+
+
+def _cold_start(cold: dict | None) -> list[str]:
+    if not cold:
+        return []
+    lines = ["", f"## Cold-start slice: the same {cold['users']} users with only their first {cold['history_items']} training items as history",
+             "", f"Same targets; the retrievers stay fitted on the full training split. The target is among the hybrid's candidates "
+             f"for {cold['users_target_in_candidates']} users. SASRec and ALS are not rerun on the slice.", "",
+             *_table(cold["methods"], "full", ["NDCG@10", "HR@10", "HR@20", "MRR"]), "",
+             "| method | n | mean | hybrid | p-value | wins / ties / losses |", "|---|---|---|---|---|---|"]
+    for t in cold["paired_tests"]:
+        lines.append(f"| {t['a']} | {t['users']} | {t['mean_a']:.4f} | {t['mean_b']:.4f} | {_fmt_p(t['p_value'])} ({t['test']}) | "
+                     f"{t['wins']} / {t['ties']} / {t['losses']} |")
+    return lines
 
 
 def _sasrec(info: dict) -> list[str]:

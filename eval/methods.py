@@ -119,6 +119,19 @@ def rerank_head(head: Mapping[str, Sequence[Candidate]], tails: Mapping[str, Seq
     return out
 
 
+def oracle(head: Mapping[str, Sequence[Candidate]], tails: Mapping[str, Sequence[str]], targets: Mapping[str, str]) -> Rankings:
+    """The reranker's ceiling: the target moved first where it is among the candidates; otherwise the retriever's list."""
+    out: Rankings = {}
+    for user, cands in head.items():
+        ids_ = [c.item_id for c in cands]
+        target = targets[user]
+        if target in ids_:
+            ids_ = [target, *(i for i in ids_ if i != target)]
+        shown = set(ids_)
+        out[user] = ids_ + [i for i in tails[user] if i not in shown]
+    return out
+
+
 # --- sampled protocol ---------------------------------------------------------------------------
 
 

@@ -68,3 +68,14 @@ def tiny_adapter(tmp_path_factory, settings, model_dir):
     config = LoraTrainConfig(steps=4, batch_size=2, learning_rate=3e-3, rank=8)
     manifest = train_lora(model, examples, out, config, progress=False)
     return AdapterSpec(name="movies-tiny", path=str(out)), manifest
+
+
+@pytest.fixture
+def eval_home(tmp_path, settings):
+    """A fresh home sharing the real cache's data, models and index (read-mostly), with its own scenarios and eval cache."""
+    real = settings.resolved_home()
+    home = tmp_path / "home"
+    home.mkdir()
+    for name in ("datasets", "models", "wheels", "chroma"):
+        (home / name).symlink_to(real / name)
+    return home

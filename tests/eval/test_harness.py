@@ -29,16 +29,27 @@ def test_scripted_run_writes_every_file(tmp_path, eval_home) -> None:
     out = tmp_path / "out"
     outcome = run_eval(settings, EvalConfig(**SMALL, sampled=True), out, engine=last_label_engine(), progress=False)
     report = json.loads((out / "report.json").read_text())
-    methods = {"popularity", "embedding", "cooccurrence", "hybrid", "llmrec", "llm-only"}
+    methods = {"popularity", "embedding", "cooccurrence", "hybrid", "llmrec", "llm-only", "oracle"}
     assert set(report["methods"]) == methods and report["run_id"] == outcome.run_id
     for name in methods:
         rows = [json.loads(line) for line in (out / f"rankings-{name}.jsonl").read_text().splitlines()]
         assert len(rows) == 6 and all(set(r) == {"user_id", "target", "ranked"} and len(r["ranked"]) == 100 for r in rows)
-        for section in ("full", "sampled"):
+        for section in ("full", "sampled") if name != "oracle" else ("full",):  # no oracle in the sampled protocol
             assert all(0 <= v["low"] <= v["mean"] <= v["high"] <= 1 for v in report["methods"][name][section].values())
     hybrid = [json.loads(x)["ranked"] for x in (out / "rankings-hybrid.jsonl").read_text().splitlines()]
     alone = [json.loads(x)["ranked"] for x in (out / "rankings-llm-only.jsonl").read_text().splitlines()]
     assert all(a[:20] == h[:20][::-1] and a[20:] == h[20:] for a, h in zip(alone, hybrid))
+    # The oracle is the reranker's ceiling: never below any reranked method, above hybrid where a target is in the head.
+    ndcg = {name: report["methods"][name]["full"]["NDCG@10"]["mean"] for name in methods}
+    assert ndcg["oracle"] >= max(ndcg["hybrid"], ndcg["llmrec"], ndcg["llm-only"])
+    assert (ndcg["oracle"] > ndcg["hybrid"]) == (report["users_target_in_candidates"] > 0)
+    # The cold-start slice: every method again on 3-item histories, its own rankings, paired tests, a report section.
+    cold = report["cold_start"]
+    assert cold["history_items"] == 3 and set(cold["methods"]) == methods and cold["users"] == 6
+    assert {t["a"] for t in cold["paired_tests"]} == {"llmrec", "llm-only"}
+    cold_hybrid = [json.loads(x)["ranked"] for x in (out / "rankings-cold-start-hybrid.jsonl").read_text().splitlines()]
+    assert cold_hybrid != hybrid and all(len(r) == 100 for r in cold_hybrid)
+    assert "## Cold-start slice" in (out / "report.md").read_text()
     assert report["sasrec"]["status"].startswith("not requested")
     assert {"curves.png", "funnel.png", "report.md"} <= {p.name for p in out.iterdir()}
     assert "## Protocol" in (out / "report.md").read_text()

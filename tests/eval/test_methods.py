@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from llmrec.agents.ranker import LLMScores
-from llmrec.eval.methods import Case, as_candidates, fused_order, rerank_head, restrict, sample_items
+from llmrec.eval.methods import Case, as_candidates, fused_order, oracle, rerank_head, restrict, sample_items
 from llmrec.eval.position_bias import placements
 from llmrec.schemas import UserHistory
 
@@ -42,3 +42,10 @@ def test_restrict_orders_by_the_full_list_then_seeded_random() -> None:
 def test_placements_move_only_the_target() -> None:
     cands = as_candidates(["a", "t", "b"])
     assert placements(cands, "t") == [["t", "a", "b"], ["a", "t", "b"], ["a", "b", "t"]]
+
+
+def test_oracle_puts_the_target_first_only_where_the_candidates_hold_it() -> None:
+    head = {"u": as_candidates(["a", "b", "c"]), "v": as_candidates(["a", "b"])}
+    tails = {"u": ["a", "b", "c", "d"], "v": ["a", "b", "x", "y"]}
+    out = oracle(head, tails, {"u": "c", "v": "y"})
+    assert out == {"u": ["c", "a", "b", "d"], "v": ["a", "b", "x", "y"]}
