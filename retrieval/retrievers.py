@@ -275,10 +275,11 @@ class HybridRetriever:
 
     name = "hybrid"
 
-    def __init__(self, config: HybridConfig | None = None, index: CatalogIndex | None = None) -> None:
+    def __init__(self, config: HybridConfig | None = None, index: CatalogIndex | None = None, extra: Sequence[Any] = ()) -> None:
+        """`extra`: more members (any `Retriever`, e.g. the LLM encoder's), voting with `config.weights[member.name]`."""
         self.config = config or HybridConfig()
         self.popularity = PopularityRetriever()
-        candidates: list[Any] = [CooccurrenceRetriever(self.config.cooccurrence), self.popularity]
+        candidates: list[Any] = [CooccurrenceRetriever(self.config.cooccurrence), self.popularity, *extra]
         if index is not None:
             candidates.insert(1, EmbeddingRetriever(index, self.config.embedding))
         self.members = [m for m in candidates if self.config.weights.get(m.name, 0.0) > 0]
