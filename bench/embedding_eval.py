@@ -79,6 +79,7 @@ def test_report(name, ranker, weight, catalog, retriever, cases, resamples=1000)
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapter", help="an embedding adapter folder (default: train here)")
+    parser.add_argument("--model", help="item encoder: a built-in alias (gemma3-270m, ...) or an HF folder (default: LLMREC_MODEL)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--layer", type=int, default=None)
     parser.add_argument("--dtype", default="float32")
@@ -86,8 +87,13 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--test", action="store_true", help="also the test targets (only for a config already chosen on validation)")
     parser.add_argument("--cold-start", type=int, default=0, help="with --test: also test users with only their first N training items")
+    parser.add_argument("--curve", help="comma-separated optimizer-step budgets (0: no limit): for each, train, fit w on validation, "
+                                        "test fused and alone; with --plot, a figure of NDCG@10 against training compute")
+    parser.add_argument("--plot", help="with --curve: where to write the PNG")
     args = parser.parse_args()
-    settings = Settings()
+    if args.curve:
+        return curve(args)
+    settings = Settings(model=args.model) if args.model else Settings()
     home = settings.resolved_home()
     dataset = load_dataset("ml-100k", home)
     split = LeaveOneOutSplit.from_dataset(dataset)
@@ -100,10 +106,12 @@ def main() -> None:
     else:
         encoder = ItemEncoderConfig(layer=args.layer, dtype=args.dtype)
         vectors = item_vectors(model, list(dataset.items.values()), home, encoder)
+        print(f"item vectors {vectors.matrix.shape} from {model} in {time.perf_counter() - started:.1f} s (cached in {home}/item-vectors)", flush=True)
         config = EmbeddingTrainConfig(encoder=encoder, epochs=args.epochs, seeds=args.seeds, tower=TwoTowerConfig(dim=args.dim))
-        result = train_towers(vectors, split, config, progress=False)
+        result = train_towers(vectors, split, config, progress=True)
         tower = result.tower
-        print("valid NDCG@10 alone, full ranking:", result.manifest["valid_ndcg10_alone_full_ranking"])
+        print("valid NDCG@10 alone, full ranking:", result.manifest["valid_ndcg10_alone_full_ranking"],
+              f"(towers trained in {result.manifest['wall_time_s']} s, {result.manifest['steps']} steps)")
     print(f"towers ready in {time.perf_counter() - started:.1f} s", flush=True)
     ranker = EmbeddingRanker(tower, vectors)
     valid = [(u, split.valid_history(u), split.valid[u]) for u in split.valid_users()]
@@ -121,6 +129,64 @@ def main() -> None:
     if args.cold_start:
         cold = [(u, UserHistory(user_id=u, item_ids=split.train[u][: args.cold_start]), split.test[u]) for u in split.test_users()]
         test_report(f"TEST cold-start slice (first {args.cold_start} training items)", ranker, weight, dataset.items, retriever, cold)
+
+
+def curve(args) -> None:
+    """Test NDCG@10 (fused and alone, 95% CIs, paired p against the hybrid) against the towers' training budget."""
+    settings = Settings(model=args.model) if args.model else Settings()
+    home = settings.resolved_home()
+    dataset = load_dataset("ml-100k", home)
+    split = LeaveOneOutSplit.from_dataset(dataset)
+    model = resolve_model(settings.model, home)
+    retriever = HybridRetriever(index=build_index(settings, dataset, progress=False)).fit(split.train_histories())
+    encoder = ItemEncoderConfig(layer=args.layer, dtype=args.dtype)
+    vectors = item_vectors(model, list(dataset.items.values()), home, encoder)
+    valid = [(u, split.valid_history(u), split.valid[u]) for u in split.valid_users()]
+    test = [(u, split.test_history(u), split.test[u]) for u in split.test_users()]
+    grid = EmbeddingTrainConfig().fusion_grid
+    points = []
+    for budget in (int(b) for b in args.curve.split(",")):
+        config = EmbeddingTrainConfig(encoder=encoder, epochs=args.epochs, seeds=args.seeds, tower=TwoTowerConfig(dim=args.dim),
+                                      max_steps=budget or None)
+        started = time.perf_counter()
+        result = train_towers(vectors, split, config, progress=False)
+        seconds = time.perf_counter() - started
+        ranker = EmbeddingRanker(result.tower, vectors)
+        weight = best_weight(choose_weight(runs_for(ranker, dataset.items, retriever, valid)[0], grid))
+        out = test_report(f"budget {budget or 'none'}: {result.manifest['steps']} steps, {seconds:.0f} s", ranker, weight,
+                          dataset.items, retriever, test)
+        points.append({"budget": budget, "steps": result.manifest["steps"], "seconds": round(seconds, 1), **out})
+    print("steps | train s | w | test fused [CI] | p | test alone [CI] | p | hybrid")
+    for p in points:
+        f, a = p["fused"], p["alone (on the candidates)"]
+        print(f"{p['steps']} | {p['seconds']} | {p['weight']} | {f['NDCG@10']} {f['ci95']} | {p['paired: fused vs hybrid']['p']:.3f} | "
+              f"{a['NDCG@10']} {a['ci95']} | {p['paired: alone (on the candidates) vs hybrid']['p']:.3g} | {p['hybrid']['NDCG@10']}")
+    if args.plot:
+        _plot(points, args.plot)
+
+
+def _plot(points, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [p["steps"] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, key in (("fused with the hybrid (w fitted on validation)", "fused"), ("LLM vectors alone, on the 20 candidates", "alone (on the candidates)")):
+        mean = [p[key]["NDCG@10"] for p in points]
+        low = [p[key]["ci95"][0] for p in points]
+        high = [p[key]["ci95"][1] for p in points]
+        ax.plot(steps, mean, marker="o", label=label)
+        ax.fill_between(steps, low, high, alpha=0.15)
+    ax.axhline(points[0]["hybrid"]["NDCG@10"], color="k", linestyle="--", label="hybrid retriever")
+    ax.set_xscale("log")
+    ax.set_xlabel("optimizer steps of the towers (batch 512)")
+    ax.set_ylabel(f"test NDCG@10, {points[0]['users']} users")
+    ax.set_title("embedding objective: test NDCG@10 against training compute")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
