@@ -47,6 +47,9 @@ class LoraTrainConfig(BaseModel):
     dtype: str = Field(default="auto", description="auto: bf16 autocast where the CPU has bf16 instructions, else fp32.")
     checkpoint_every: int = Field(default=25, ge=1)
     threads: int | None = None
+    top_layers: int | None = Field(default=None, ge=1, description=(
+        "LoRA on the last N transformer blocks only (None: all). Backward then stops below them, which is most "
+        "of the CPU time of a step."))
 
     def learning_key(self) -> dict:
         """What a resume must share with the checkpoint it continues."""
@@ -69,8 +72,8 @@ def data_fingerprint(examples: list[RankingExample]) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_key(base_model: str, fingerprint: str, config: LoraTrainConfig) -> str:
-    payload = {"base": base_model, "data": fingerprint, "objective": OBJECTIVE, "config": config.model_dump()}
+def run_key(base_model: str, fingerprint: str, config: LoraTrainConfig, objective: str = OBJECTIVE) -> str:
+    payload = {"base": base_model, "data": fingerprint, "objective": objective, "config": config.model_dump()}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -111,12 +114,19 @@ class _Checkpoint:
 
 def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, config: LoraTrainConfig,
                manifest_extra: dict | None = None, progress: bool = True, resume: bool = False,
-               on_step: Callable[[int], None] | None = None) -> dict:
+               on_step: Callable[[int], None] | None = None, objective: str = OBJECTIVE, fingerprint: str | None = None,
+               step_fn: Callable | None = None) -> dict:
     """Train, then put a PEFT folder (adapter_config.json names `base_model`) plus manifest.json at `out_dir`.
+
+    `objective` names what the label cross-entropy teaches (`listwise`: the candidate's letter; `pointwise`:
+    Yes/No for one candidate); it goes into the run key and the manifest, which the ranker follows.
 
     Returns the manifest. `manifest["complete"]` is False when the time budget ended the run first: the
     checkpoint stays in `<out>.partial` for a resume, and `out_dir` is not touched. `on_step(step)` is
-    called after each step (tests use it to interrupt a run).
+    called after each step (tests use it to interrupt a run). Other objectives bring their own examples with
+    their `fingerprint` and `step_fn(model, tokenizer, optimizer, batch, pad, autocast, device) -> (loss, tokens)`
+    (`adapters.sequence`); the loop, budgets, checkpoints and publishing are this one. The model trains on a
+    GPU where torch sees one, else on the CPU.
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -124,13 +134,14 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
 
     if not examples:
         raise LLMRecError("no training examples")
-    fingerprint = data_fingerprint(examples)
-    key = run_key(base_model, fingerprint, config)
+    fingerprint = fingerprint or data_fingerprint(examples)
+    step_fn = step_fn or _step
+    key = run_key(base_model, fingerprint, config, objective)
     done = _finished_manifest(out_dir)
     if not resume and done.get("run_key") == key:
         return {**done, "cached": True}
     checkpoint = _Checkpoint(out_dir)
-    state = _resume_state(checkpoint, config, fingerprint, base_model) if resume else None
+    state = _resume_state(checkpoint, config, fingerprint, base_model, objective) if resume else None
     if not resume:
         shutil.rmtree(checkpoint.root, ignore_errors=True)
     if config.threads:
@@ -141,17 +152,22 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
     if state is not None:
         model = PeftModel.from_pretrained(model, str(checkpoint.folder), is_trainable=True)
     else:
-        model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
+        blocks = model.config.num_hidden_layers
+        layers = list(range(blocks - min(config.top_layers, blocks), blocks)) if config.top_layers else None
+        model = get_peft_model(model, LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, layers_to_transform=layers,
                                                  target_modules=config.target_modules, task_type="CAUSAL_LM"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
-    step, losses, order, seconds_before = 0, [], [], 0.0
+    step, losses, order, seconds_before, tokens = 0, [], [], 0.0, 0
     rng = random.Random(config.seed)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         rng.setstate(state["python_rng"])
         step, losses, order, seconds_before = state["step"], state["losses"], state["order"], state["seconds"]
+        tokens = state.get("tokens", 0)
     autocast = _autocast_dtype(config)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     started = time.perf_counter()
@@ -160,9 +176,10 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
     def snapshot() -> None:
         checkpoint.save(model, optimizer, {"step": step, "losses": losses, "order": order, "python_rng": rng.getstate(),
                                            "seconds": seconds_before + time.perf_counter() - started, "fingerprint": fingerprint,
-                                           "learning_key": config.learning_key(), "base_model": base_model})
+                                           "learning_key": config.learning_key(), "base_model": base_model, "objective": objective,
+                                           "tokens": tokens})
 
-    bar = tqdm(total=config.steps, initial=step, desc="LoRA steps", disable=not progress)
+    bar = tqdm(total=config.steps, initial=step, desc=f"LoRA steps ({objective})", disable=not progress)
     try:
         while step < config.steps and (deadline is None or time.perf_counter() < deadline):
             if len(order) < config.batch_size:
@@ -170,8 +187,9 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
                 rng.shuffle(fresh)
                 order.extend(fresh)
             batch = [examples[order.pop()] for _ in range(config.batch_size)]
-            loss = _step(model, tokenizer, optimizer, batch, pad, autocast)
+            loss, seen = step_fn(model, tokenizer, optimizer, batch, pad, autocast, device)
             losses.append(loss)
+            tokens += seen
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
@@ -187,9 +205,10 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
         bar.close()
     seconds = round(seconds_before + time.perf_counter() - started, 1)
     manifest = {
-        "objective": OBJECTIVE, "base_model": base_model, "run_key": key, "data_fingerprint": fingerprint,
+        "objective": objective, "base_model": base_model, "run_key": key, "data_fingerprint": fingerprint,
         "train_config": config.model_dump(), "examples": len(examples), "steps_done": step, "complete": step >= config.steps,
-        "autocast": str(autocast).removeprefix("torch.") if autocast else "float32", "wall_time_s": seconds,
+        "autocast": str(autocast).removeprefix("torch.") if autocast else "float32", "device": device, "wall_time_s": seconds,
+        "train_tokens": tokens, "train_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
         "loss_curve": [round(x, 4) for x in losses], "loss_first": losses[0] if losses else None,
         "loss_last10": sum(losses[-10:]) / len(losses[-10:]) if losses else None, **(manifest_extra or {}),
     }
@@ -200,22 +219,23 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
     return manifest
 
 
-def _step(model, tokenizer, optimizer, batch: list[RankingExample], pad: int, autocast) -> float:
+def _step(model, tokenizer, optimizer, batch: list[RankingExample], pad: int, autocast, device: str = "cpu") -> tuple[float, int]:
+    """Label cross-entropy at the answer position (left-padded batch); (loss, prompt tokens)."""
     import torch
 
     encoded = [tokenizer(ex.prompt, add_special_tokens=False)["input_ids"] for ex in batch]
     width = max(map(len, encoded))
-    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
-    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+    ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+    with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits[:, -1, :]
     label_logits = torch.stack([logits[i, list(ex.labels)] for i, ex in enumerate(batch)]).float()
-    loss = torch.nn.functional.cross_entropy(label_logits, torch.tensor([ex.target for ex in batch]))
+    loss = torch.nn.functional.cross_entropy(label_logits, torch.tensor([ex.target for ex in batch], device=device))
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    return float(loss.item())
+    return float(loss.item()), sum(map(len, encoded))
 
 
 def _finished_manifest(out_dir: Path) -> dict:
@@ -225,7 +245,8 @@ def _finished_manifest(out_dir: Path) -> dict:
         return {}
 
 
-def _resume_state(checkpoint: _Checkpoint, config: LoraTrainConfig, fingerprint: str, base_model: str) -> dict:
+def _resume_state(checkpoint: _Checkpoint, config: LoraTrainConfig, fingerprint: str, base_model: str,
+                  objective: str = OBJECTIVE) -> dict:
     if not checkpoint.exists():
         raise TrainingConflict(f"--resume: no checkpoint in {checkpoint.root}; start without --resume")
     state = checkpoint.load()
@@ -233,6 +254,9 @@ def _resume_state(checkpoint: _Checkpoint, config: LoraTrainConfig, fingerprint:
     if changed:
         raise TrainingConflict(f"--resume: the checkpoint in {checkpoint.root} was made with another config "
                                f"({', '.join(changed)} differ); resume with the same settings, or start again without --resume")
+    if state.get("objective", OBJECTIVE) != objective:
+        raise TrainingConflict(f"--resume: the checkpoint in {checkpoint.root} was made for the {state.get('objective', OBJECTIVE)!r} "
+                               f"objective, not {objective!r}; start again without --resume")
     if state["fingerprint"] != fingerprint or state["base_model"] != base_model:
         raise TrainingConflict(f"--resume: the checkpoint in {checkpoint.root} was made on other training data or another "
                                "base model; start again without --resume")

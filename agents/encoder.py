@@ -29,12 +29,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.agents.engines import _model_identity, base_model_sha256, display_name
-from llmrec.agents.ranker import LLMScores, fuse
+from llmrec.agents.ranker import FusedRanking, LLMScores
 from llmrec.errors import AdapterMismatch
 from llmrec.prompts.builders import clean_for_prompt, safe_title
 from llmrec.prompts.safety import looks_like_instruction
 from llmrec.protocols import AdapterRef
-from llmrec.schemas import Candidate, Item, RankedItem
+from llmrec.schemas import Candidate, Item
 
 log = logging.getLogger(__name__)
 OBJECTIVE = "embedding"
@@ -211,7 +211,7 @@ class EmbeddingRankerConfig(BaseModel):
     fusion_weight: float = Field(default=float("inf"), ge=0, description="w in score - w*log(1+retriever_rank); inf = retriever order.")
 
 
-class EmbeddingRanker:
+class EmbeddingRanker(FusedRanking):
     """Ranks candidates by user·item over precomputed LLM item vectors; the same interface as `LLMRanker`."""
 
     def __init__(self, tower: TwoTower, vectors: ItemVectors, config: EmbeddingRankerConfig | None = None):
@@ -247,16 +247,6 @@ class EmbeddingRanker:
             out.append(LLMScores([float(x) for x in logprobs], used, len(ids) - used, 0))
         return out
 
-    def rank_scored(self, candidates: Sequence[Candidate], scores: LLMScores) -> list[RankedItem]:
-        fused = fuse(scores.logprobs, [c.retriever_rank for c in candidates], self.config.fusion_weight)
-        order = sorted(range(len(candidates)), key=lambda i: (-fused[i], candidates[i].retriever_rank))
-        return [RankedItem(item_id=candidates[i].item_id, rank=r, score=fused[i], llm_logprob=scores.logprobs[i],
-                           retriever_rank=candidates[i].retriever_rank) for r, i in enumerate(order)]
-
-    def rank(self, history: Sequence[Item], candidates: Sequence[Candidate]) -> list[RankedItem]:
-        if not candidates:
-            return []
-        return self.rank_scored(candidates, self.score_many([(history, candidates)])[0])
 
 
 def load_embedding_ranker(adapter: AdapterRef, base_model: str, items: Sequence[Item], home: Path, fusion_weight: float,

@@ -4,6 +4,8 @@ Ranking reads the next-token log-probabilities of the label tokens in one forwar
 (`max_tokens=1`, `allowed_token_ids=labels`, engine in `processed_logprobs` mode, so the returned
 log-probabilities are already renormalised over the labels). Sampled-position logprobs are used
 rather than `prompt_logprobs`, which crash vLLM 0.32 when LoRA batches mix adapters.
+The `sequence` objective's line likelihoods are the one use of prompt logprobs
+(`InProcessVLLM.prompt_logprobs`): one request per engine step wherever LoRA is enabled, in process only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
 
@@ -40,6 +43,16 @@ class EngineConfig(BaseModel):
     max_adapters: int = Field(default=0, ge=0, description="Adapters served at once; 0 disables LoRA (faster).")
     timeout_s: float = 120.0
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class PromptLogprobs:
+    """One prompt's scored tokens (`InProcessVLLM.prompt_logprobs`) and vLLM's prefix-cache hit for it."""
+
+    logprobs: tuple[float, ...]
+    """log p(token j | tokens before j) for j from the requested start to the prompt's end."""
+    cached_tokens: int
+    """Prompt tokens vLLM took from its prefix cache instead of computing (`RequestOutput.num_cached_tokens`)."""
 
 
 class _ChatFormatting:
@@ -340,6 +353,53 @@ class InProcessVLLM(_ChatFormatting):
         params = SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=list(stop) or None)
         lora = self._lora(adapter)
         return self._run(lambda: [o.outputs[0].text for o in self.llm.generate(list(prompts), params, lora_request=lora, use_tqdm=False)])
+
+    def prompt_logprobs(self, prompts: Sequence[Sequence[int]], starts: Sequence[int],
+                        adapter: AdapterRef | None = None) -> list[PromptLogprobs]:
+        """For each token-id prompt, log p(token j | tokens before j) for every j from `starts[i]` on.
+
+        One forward pass per prompt, reading vLLM's prefix cache (which vLLM skips by default when prompt
+        logprobs are asked): prompts sharing a prefix, such as one user's history followed by each
+        candidate, compute the prefix's full KV blocks (128 tokens each on CPU) once. Rows that come from
+        the cache get no logprob, so a prompt whose hit reaches past `starts[i] - 1` is computed again
+        without the cache. Ids are taken as given, so the caller decides where tokens split.
+
+        vLLM 0.32 kills a LoRA-enabled engine when prompt logprobs are asked of several requests in one
+        batch (its LoRA logits kernel gets one row per request, not per prompt token). On such an engine,
+        with or without an adapter in the request, the prompts go one request per engine step, in order,
+        so the first prompt of a shared prefix fills the cache for the rest; without LoRA they go as one
+        batch, and vLLM's scheduler already serves later prompts of a prefix from the first one's blocks.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if len(prompts) != len(starts):
+            raise ValueError(f"{len(prompts)} prompts but {len(starts)} start positions")
+        for ids, start in zip(prompts, starts):
+            if not 1 <= start < len(ids):
+                raise ValueError(f"start {start} is outside 1..{len(ids) - 1} for a prompt of {len(ids)} tokens")
+        lora = self._lora(adapter)
+        serial = self.config.max_adapters > 0
+
+        def params(read_cache: bool):
+            # detokenize=False: rows served from the cache hold no values, and vLLM would try to decode them.
+            return SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                  skip_reading_prefix_cache=not read_cache)
+
+        def run(indices: list[int], read_cache: bool) -> list:
+            inputs = [TokensPrompt(prompt_token_ids=list(prompts[i])) for i in indices]
+            if serial:
+                return [self.llm.generate([x], params(read_cache), lora_request=lora, use_tqdm=False)[0] for x in inputs]
+            return self.llm.generate(inputs, params(read_cache), lora_request=lora, use_tqdm=False) if inputs else []
+
+        def call() -> list[PromptLogprobs]:
+            outputs = dict(enumerate(run(list(range(len(prompts))), True)))
+            stale = [i for i, out in outputs.items() if (out.num_cached_tokens or 0) > starts[i] - 1]
+            outputs.update(zip(stale, run(stale, False)))
+            return [PromptLogprobs(tuple(out.prompt_logprobs[j][prompts[i][j]].logprob for j in range(starts[i], len(prompts[i]))),
+                                   out.num_cached_tokens or 0) for i, out in sorted(outputs.items())]
+
+        return self._run(call)
 
 
 class ServerVLLM(_ChatFormatting):

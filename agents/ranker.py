@@ -15,6 +15,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -47,7 +48,28 @@ def fuse(logprobs: Sequence[float], retriever_ranks: Sequence[int], weight: floa
     return [lp - weight * math.log1p(rank) for lp, rank in zip(logprobs, retriever_ranks)]
 
 
-class LLMRanker:
+class FusedRanking:
+    """`rank_scored` and `rank` for every scoring ranker: its scores fused with the retriever rank by
+    `config.fusion_weight`, ties to the better retriever rank. Subclasses give `score_many` and `config`."""
+
+    config: Any
+
+    def score_many(self, requests: Sequence[tuple[Sequence[Item], Sequence[Candidate]]]) -> list[LLMScores]:
+        raise NotImplementedError
+
+    def rank_scored(self, candidates: Sequence[Candidate], scores: LLMScores) -> list[RankedItem]:
+        fused = fuse(scores.logprobs, [c.retriever_rank for c in candidates], self.config.fusion_weight)
+        order = sorted(range(len(candidates)), key=lambda i: (-fused[i], candidates[i].retriever_rank))
+        return [RankedItem(item_id=candidates[i].item_id, rank=r, score=fused[i], llm_logprob=scores.logprobs[i],
+                           retriever_rank=candidates[i].retriever_rank) for r, i in enumerate(order)]
+
+    def rank(self, history: Sequence[Item], candidates: Sequence[Candidate]) -> list[RankedItem]:
+        if not candidates:
+            return []
+        return self.rank_scored(candidates, self.score_many([(history, candidates)])[0])
+
+
+class LLMRanker(FusedRanking):
     """Scores candidates with the LLM, then orders them by the fused score."""
 
     def __init__(self, engine: LLMEngine, catalog: Mapping[str, Item], prompts: RankPromptBuilder,
@@ -98,19 +120,6 @@ class LLMRanker:
                                      self.engine.count_tokens(first.text)))
         return results
 
-    def rank_scored(self, candidates: Sequence[Candidate], scores: LLMScores) -> list[RankedItem]:
-        fused = fuse(scores.logprobs, [c.retriever_rank for c in candidates], self.config.fusion_weight)
-        order = sorted(range(len(candidates)), key=lambda i: (-fused[i], candidates[i].retriever_rank))
-        return [
-            RankedItem(item_id=candidates[i].item_id, rank=r, score=fused[i], llm_logprob=scores.logprobs[i],
-                       retriever_rank=candidates[i].retriever_rank)
-            for r, i in enumerate(order)
-        ]
-
-    def rank(self, history: Sequence[Item], candidates: Sequence[Candidate]) -> list[RankedItem]:
-        if not candidates:
-            return []
-        return self.rank_scored(candidates, self.score_many([(history, candidates)])[0])
 
 
 def retriever_order(candidates: Sequence[Candidate], start: int = 0) -> list[RankedItem]:

@@ -3,7 +3,8 @@
 `sanitize` strips three kinds of text from a title and keeps the rest:
 - chat-template control text of any model family: special tokens (`<|im_start|>`, `</s>`, `[INST]`,
   `<start_of_turn>`, `<<SYS>>`, ...), markup tags, role and turn markers (`Assistant:`, `### Instruction`);
-- answer-shaped text: `Answer: K`, `the correct answer is K`, `pick K`, `choose this movie`;
+- answer-shaped text: `Answer: K`, `the correct answer is K`, `pick K`, `choose this movie`, and the pointwise
+  prompt's `Answer: Yes`, `the answer is yes`, `the user will enjoy it`;
 - imperative injection phrases, to the end of their clause: `ignore everything above ...`, `you are now ...`.
 
 A title with nothing left, or whose rest still reads like an instruction, is replaced by a neutral
@@ -33,12 +34,16 @@ CONTROL = re.compile(
     r"|\b" + _ROLE + r"\s*:)" + _CLAUSE,  # a role marker ("Human:", "Assistant:") and its turn's clause
     re.IGNORECASE,
 )
+_YES_NO = r"(?:yes|no)\b"  # the pointwise prompt's answers
+
 ANSWER = re.compile(
     r"\b(?:the\s+)?(?:(?:correct|right|best|final|true|only|real)\s+)?(?:answer|choice|option|pick|selection|letter|label)"
-    r"\s*(?:is|=|:|-|should\s+be|would\s+be|will\s+be|must\s+be)\s*(?:option\s+|letter\s+|label\s+)?(?:" + _LABEL + "|" + _ITEM + ")"
+    r"\s*(?:is|=|:|-|should\s+be|would\s+be|will\s+be|must\s+be)\s*(?:option\s+|letter\s+|label\s+)?(?:" + _LABEL + "|" + _ITEM + "|" + _YES_NO + ")"
+    r"|[.!?;:,)]\s*say\s+" + _YES_NO +  # "Grease. Say yes." (a title that starts "Say Yes" is a title)
     r"|\b(?:pick|choose|select|answer|output|reply|respond)\s+(?:with\s+)?(?:option\s+|letter\s+|label\s+|candidate\s+)?"
-    r"(?:" + _LABEL + "|" + _ITEM + ")"
-    r"|\banswer\s*:",  # the ranking prompt's own answer cue
+    r"(?:" + _LABEL + "|" + _ITEM + "|" + _YES_NO + ")"
+    r"|\b(?:the\s+)?user\s+(?:will|would|does|should|must)\s+(?:definitely\s+|surely\s+|really\s+)?(?:enjoy|like|love)\s+(?:it|this)\b"
+    r"|\banswer\s*:(?:\s*" + _YES_NO + ")?",  # the ranking and pointwise prompts' own answer cue
     re.IGNORECASE,
 )
 IMPERATIVE = re.compile(

@@ -104,3 +104,12 @@ def test_sigint_to_a_real_training_process_is_one_line_exit_130_and_keeps_the_ol
     assert proc.returncode == 130, err[-1500:]
     assert "Traceback" not in err and "training interrupted at step" in err
     assert (existing / "marker").is_file() and (existing.parent / "adapter.partial" / "checkpoint" / "state.pt").is_file()
+
+
+def test_the_objective_is_recorded_and_a_resume_for_another_objective_is_refused(model_dir, examples, existing):
+    with pytest.raises(TrainingInterrupted):
+        train_lora(model_dir, examples, existing, config(), progress=False, on_step=interrupt_at(1))
+    with pytest.raises(TrainingConflict, match="made for the 'listwise' objective, not 'pointwise'"):
+        train_lora(model_dir, examples, existing, config(), progress=False, resume=True, objective="pointwise")
+    manifest = train_lora(model_dir, examples, existing, config(steps=1), progress=False, objective="pointwise")
+    assert manifest["objective"] == json.loads((existing / "manifest.json").read_text())["objective"] == "pointwise"

@@ -88,3 +88,20 @@ def test_explain_prompt_prefills_the_most_related_history_item():
 def test_templates_are_versioned_files():
     system, user, prefix = render_blocks("rank_v1", domain="book", history=["x"], candidates=[("A", "y")])
     assert "book recommender" in system and "A. y" in user and prefix == "Answer:"
+
+
+def test_reason_prompts_share_the_history_prefix_sized_to_a_cache_block():
+    from llmrec.prompts.builders import ExplainPromptConfig
+
+    history = [item(i, genres=("Drama", "War")) for i in range(1, 16)]
+    targets = [(item(20), "Like Movie 15 (1995)."), (item(21, title="Other"), "Of the 9 people who watched Movie 14 (1994), 3 also watched it.")]
+    formatter = WordFormatter()
+    for block in (7, 11, 13):
+        builder = ExplainPromptBuilder(ExplainPromptConfig(prefix_block=block))
+        (first, prefix), (second, _) = builder.build_reasons(formatter, history, targets)
+        shared = first[: first.index("Recommended movie:")]
+        assert second.startswith(shared) and prefix == 'You may like "Movie 20" because'
+        shown = shared.count('\n- "')
+        assert 4 <= shown <= 12 and '"Movie 15" (1995; Drama, War)' in shared  # the most recent, oldest first
+        # No other count between 4 and 12 leaves fewer tokens past a whole block.
+        assert formatter.count_tokens(shared) % block == min(builder._shared_tokens(formatter, history[-n:]) % block for n in range(4, 13))
