@@ -1,13 +1,17 @@
 """Quality of the explanations the pipeline's explainer writes for the top of a ranking.
 
-The explainer pre-fills the citation of one watched title and checks every sentence with the
-`GroundingValidator`; a rejected sentence is retried once, then replaced by a template. So the
-final texts are grounded by construction, and the informative numbers are how often the LLM's own
-attempts were rejected, and for what:
+Each explanation is llmrec's filled-in evidence (co-watch figures, shared genres) plus one short generated
+reason, checked with the `GroundingValidator`; a rejected reason is dropped (retried first if the explainer's
+`retries` > 0) and the evidence alone ships (`source="template"`). So the final texts are grounded by
+construction, and the informative numbers are how often the LLM's own reasons were rejected, and for what:
 
 - grounding: a rejected attempt cited an unwatched title or no history item;
 - attribute faithfulness: a rejected attempt stated a genre or year the items do not have;
-- the final texts are validated again, as a check of the safety net.
+- the final texts are validated again, as a check of the safety net;
+- claims (`agents.claims`): how often the generated part of a shipped explanation (not llmrec's filled-in
+  evidence) still states something outside the catalog and the user's history (a plot, a cast, a title the
+  user never watched, a wrong genre or year), per explanation and per claim, by kind; and the same for every
+  attempt the model made, rejected ones included.
 """
 
 from __future__ import annotations
@@ -21,13 +25,30 @@ from collections.abc import Mapping, Sequence
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from llmrec.agents.explainer import LLMExplainer
+from llmrec.agents.claims import KINDS, ClaimChecker
+from llmrec.agents.explainer import Explained, LLMExplainer
 from llmrec.errors import LLMUnavailable
 from llmrec.eval.methods import Case
 from llmrec.schemas import Explanation, Item
 
 GROUNDING = {"unwatched-title", "no-history-citation"}
 ATTRIBUTES = {"wrong-genre", "wrong-year"}
+
+
+class ClaimRates(BaseModel):
+    with_generated: int
+    """Shipped explanations with a generated part (the rest are llmrec's evidence alone)."""
+    generated_outside: float
+    """Share of those whose generated part states something outside the catalog and the user's history."""
+    claims: int
+    claims_outside: float
+    """Share of the claims found in shipped generated parts that are outside."""
+    by_kind: dict[str, dict[str, int]]
+    """Per kind (title, genre, year, plot, people): claims found and claims outside, in shipped generated parts."""
+    attempts: int
+    attempts_outside: float
+    """Share of all the model's attempts, rejected ones included, that state something outside."""
+    examples: list[dict]
 
 
 class ExplanationQuality(BaseModel):
@@ -52,6 +73,37 @@ class ExplanationQuality(BaseModel):
     examples: list[dict]
     final_failures: list[dict]
     """Final texts that fail the validator when checked again (the explainer should never return one)."""
+    claims: ClaimRates | None = None
+    """Claims in the generated parts, checked against the catalog and the history (None when nothing was generated)."""
+
+
+def claim_rates(checker: ClaimChecker, rows: Sequence[tuple[Item, Sequence[Item], Sequence[Item], Explained]]) -> ClaimRates | None:
+    """Claim rates over (item, history, history items the evidence cites, explained) rows; None if none has a generated part."""
+    by_kind = {k: {"found": 0, "outside": 0} for k in KINDS}
+    shipped = outside_texts = outside_claims = attempts = outside_attempts = 0
+    examples = []
+    for item, history, cited, explained in rows:
+        for words in explained.attempts:
+            attempts += 1
+            outside_attempts += bool(checker.check(words, item, history, cited).outside)
+        if not explained.generated:
+            continue
+        check = checker.check(explained.generated, item, history, cited)
+        shipped += 1
+        outside_texts += bool(check.outside)
+        outside_claims += len(check.outside)
+        for claim in check.claims:
+            by_kind[claim.kind]["found"] += 1
+            by_kind[claim.kind]["outside"] += claim.outside
+        if check.outside and len(examples) < 8:
+            examples.append({"item": item.label(), "generated": explained.generated,
+                             "outside": [f"{c.kind}: {c.text}" for c in check.outside]})
+    if not shipped and not attempts:
+        return None
+    found = sum(k["found"] for k in by_kind.values())
+    return ClaimRates(with_generated=shipped, generated_outside=outside_texts / shipped if shipped else 0.0, claims=found,
+                      claims_outside=outside_claims / found if found else 0.0, by_kind=by_kind, attempts=attempts,
+                      attempts_outside=outside_attempts / attempts if attempts else 0.0, examples=examples)
 
 
 def tokens(text: str) -> set[str]:
@@ -72,34 +124,41 @@ def mean_pairwise_jaccard(texts: Sequence[str]) -> float:
 def measure(explainer: LLMExplainer, catalog: Mapping[str, Item], cases: Sequence[Case], rankings: Mapping[str, Sequence[str]],
             k: int, progress: bool = True) -> ExplanationQuality:
     produced: list[tuple[Case, Item, Explanation]] = []
+    parts: list[Explained] = []
     seconds: list[float] = []
     for case in tqdm(cases, desc="explanations", unit="user", disable=not progress):
         history = [catalog[i] for i in case.history.item_ids]
         items = [catalog[i] for i in rankings[case.user_id][:k]]
         start = time.perf_counter()
         try:
-            explained = explainer.explain(history, items)
+            explained = explainer.explain_parts(history, items)
         except LLMUnavailable as exc:
-            explained = explainer.fallback(history, items, "llm-unavailable")
+            explained = [Explained(e, e.text, "") for e in explainer.fallback(history, items, "llm-unavailable")]
             print(f"explanations: the LLM failed for user {case.user_id} ({exc}); templates used", flush=True)
         seconds.append(round(time.perf_counter() - start, 3))
-        produced.extend((case, item, e) for item, e in zip(items, explained))
+        produced.extend((case, item, e.explanation) for item, e in zip(items, explained))
+        parts.extend(explained)
     if not produced:
         raise ValueError("no explanations to measure")
     n = len(produced)
     problems: dict[str, int] = {}
     final_grounded = final_faithful = 0
     failures = []
-    for case, item, exp in produced:
+    for (case, item, exp), part in zip(produced, parts):
         for p in exp.problems:
             problems[p] = problems.get(p, 0) + 1
-        _, found = explainer.validator.check(exp.text, [catalog[i] for i in case.history.item_ids], item)
+        _, found = explainer.validate(exp.text, [catalog[i] for i in case.history.item_ids], item, part.evidence)
         final_grounded += not (set(found) & GROUNDING)
         final_faithful += not (set(found) & ATTRIBUTES)
         if found:
             failures.append({"user_id": case.user_id, "item_id": item.item_id, "source": exp.source, "text": exp.text,
                              "problems": list(found)})
     texts = [e.text for _, _, e in produced]
+    rows = []
+    for (case, item, _), part in zip(produced, parts):
+        history = [catalog[i] for i in case.history.item_ids]
+        cited = [catalog[i] for i in explainer.validate(part.evidence, history, item, part.evidence)[0]]
+        rows.append((item, history, cited, part))
     return ExplanationQuality(
         users=len(cases), explanations=n,
         first_try_accepted=sum(e.source == "llm" for *_, e in produced) / n,
@@ -112,5 +171,5 @@ def measure(explainer: LLMExplainer, catalog: Mapping[str, Item], cases: Sequenc
         mean_words=statistics.fmean(len(t.split()) for t in texts), seconds_per_user=seconds,
         problems=dict(sorted(problems.items())),
         examples=[{"user_id": c.user_id, "item": i.label(), "source": e.source, "text": e.text} for c, i, e in produced[:8]],
-        final_failures=failures,
+        final_failures=failures, claims=claim_rates(ClaimChecker(catalog.values(), explainer.validator), rows),
     )

@@ -194,7 +194,7 @@ def _explanations(info) -> list[str]:
     rows = [("explanations (users × top-k)", f"{info['explanations']} ({info['users']} users)"),
             ("accepted on the first (greedy) attempt", f"{info['first_try_accepted']:.1%}"),
             ("accepted on the sampled retry", f"{info['retry_accepted']:.1%}"),
-            ("template fallback", f"{info['template_fallback']:.1%}"),
+            ("evidence alone (reason rejected, or template fallback)", f"{info['template_fallback']:.1%}"),
             ("a rejected attempt cited an unwatched title / nothing", f"{info['attempts_with_grounding_problems']:.1%}"),
             ("a rejected attempt stated a wrong genre / year", f"{info['attempts_with_attribute_problems']:.1%}"),
             ("final texts grounded (re-validated)", f"{info['final_grounded']:.1%}"),
@@ -203,11 +203,24 @@ def _explanations(info) -> list[str]:
             ("mean pairwise token Jaccard", f"{info['mean_pairwise_jaccard']:.3f}"),
             ("mean length (words)", f"{info['mean_words']:.1f}"),
             ("rejection reasons (counts)", ", ".join(f"{k} {v}" for k, v in info["problems"].items()) or "none")]
+    claims = info.get("claims")
+    if claims:
+        rows += [("shipped generated parts stating something outside the catalog / history",
+                  f"{claims['generated_outside']:.1%} of {claims['with_generated']}"),
+                 ("claims outside (of all claims in shipped generated parts)", f"{claims['claims_outside']:.1%} of {claims['claims']}"),
+                 ("claims by kind (outside / found)", ", ".join(f"{k} {v['outside']}/{v['found']}" for k, v in claims["by_kind"].items())),
+                 ("all attempts (rejected ones too) stating something outside", f"{claims['attempts_outside']:.1%} of {claims['attempts']}")]
     lines = ["", f"## Explanations (top {info['k']} of `{info['method']}`)", "",
-             "The explainer pre-fills the citation of one watched title, validates every sentence and falls back to a template, "
-             "so final texts are grounded by construction; the rejection rates measure the LLM itself.", "",
+             "Each explanation is llmrec's filled-in evidence (co-watch figures, shared genres) plus one short generated reason; "
+             "the validator checks both, the claim checker (`agents.claims`) rejects a reason that states what the catalog and the "
+             "user's history cannot hold (a plot, a cast, an unwatched title), and a rejected reason is dropped, so final texts are "
+             "grounded by construction. The rejection rates and the all-attempts claim rate measure the LLM itself; the shipped "
+             "claim rate checks the filter (it should be 0).", "",
              "| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "Examples:", ""]
     lines += [f"- ({e['source']}) {e['item']}: {e['text']}" for e in info["examples"][:5]]
+    if claims and claims["examples"]:
+        lines += ["", "Generated parts with claims outside the catalog / history:", ""]
+        lines += [f"- {e['item']}: \"{e['generated']}\" ({'; '.join(e['outside'])})" for e in claims["examples"][:5]]
     if info.get("final_failures"):
         lines += ["", "Final texts that fail the validator when checked again (a bug in the safety net):", ""]
         lines += [f"- user {f['user_id']}, item {f['item_id']} ({f['source']}, {', '.join(f['problems'])}): {f['text']}"

@@ -1,0 +1,60 @@
+"""Explanation quality: the claim rates over generated parts, through `measure` with a scripted explainer and the report."""
+
+from __future__ import annotations
+
+from llmrec.agents.claims import ClaimChecker
+from llmrec.agents.evidence import CoWatch
+from llmrec.agents.explainer import Explained, LLMExplainer
+from llmrec.agents.grounding import GroundingValidator
+from llmrec.eval.explanations import claim_rates, measure
+from llmrec.eval.markdown import _explanations
+from llmrec.eval.methods import Case
+from llmrec.prompts import ExplainPromptBuilder
+from llmrec.schemas import Explanation, Item, UserHistory
+from llmrec.testing import ScriptedEngine
+
+# ML-100K's own facts for these titles.
+CATALOG = {i.item_id: i for i in [
+    Item(item_id="1", title="Toy Story", year=1995, genres=("Animation", "Children's", "Comedy")),
+    Item(item_id="50", title="Star Wars", year=1977, genres=("Action", "Adventure", "Romance", "Sci-Fi", "War")),
+    Item(item_id="100", title="Fargo", year=1996, genres=("Crime", "Drama", "Thriller")),
+    Item(item_id="167", title="Private Benjamin", year=1980, genres=("Comedy",)),
+    Item(item_id="257", title="Men in Black", year=1997, genres=("Action", "Adventure", "Comedy", "Sci-Fi")),
+]}
+HISTORY = [CATALOG["100"], CATALOG["1"]]
+
+
+def part(item_id: str, generated: str, attempts: tuple[str, ...] | None = None) -> Explained:
+    text = "Like Fargo (1996)." + (f' You may like it because {generated}.' if generated else "")
+    explanation = Explanation(item_id=item_id, text=text, source="llm" if generated else "template", cited_item_ids=("100",))
+    return Explained(explanation, "Like Fargo (1996).", generated, attempts if attempts is not None else ((generated,) if generated else ()))
+
+
+def test_claim_rates_count_explanations_claims_and_kinds():
+    rows = [(CATALOG["167"], HISTORY, [], part("167", "it is a comedy film about a young boy who is a hero")),
+            (CATALOG["167"], HISTORY, [], part("167", "it is a comedy from 1980, like Fargo")),
+            (CATALOG["257"], HISTORY, [], part("257", "fans of Star Wars loved this comedy")),
+            (CATALOG["257"], HISTORY, [], part("257", "", attempts=("it is a horror film starring Will Smith",)))]
+    rates = claim_rates(ClaimChecker(CATALOG.values()), rows)
+    assert rates.with_generated == 3 and rates.generated_outside == 2 / 3
+    # found: genre comedy ×3, plot 1, title Fargo + title Star Wars, year 1980 = 7; outside: plot, Star Wars.
+    assert rates.claims == 7 and rates.claims_outside == 2 / 7
+    assert rates.by_kind["plot"] == {"found": 1, "outside": 1} and rates.by_kind["title"] == {"found": 2, "outside": 1}
+    assert rates.by_kind["genre"] == {"found": 3, "outside": 0} and rates.by_kind["year"] == {"found": 1, "outside": 0}
+    assert rates.attempts == 4 and rates.attempts_outside == 3 / 4  # the rejected horror/starring attempt counts here
+    assert [e["outside"] for e in rates.examples] == [["plot: about a young boy who is a hero"], ["title: Star Wars"]]
+
+
+def test_measure_reports_the_rate_and_the_report_shows_it():
+    # Every reason the scripted model writes invents a plot; the validator lets it through (it checks titles, genres, years).
+    engine = ScriptedEngine(text=lambda p: " it is a comedy about a soldier who finds love.")
+    cowatch = CoWatch({u: ["100", "167", "257"] for u in "abcdef"})
+    explainer = LLMExplainer(engine, ExplainPromptBuilder(), GroundingValidator(CATALOG.values()), cowatch=cowatch)
+    cases = [Case(user_id="u1", history=UserHistory(user_id="u1", item_ids=("100", "1")), target="167")]
+    quality = measure(explainer, CATALOG, cases, {"u1": ["167", "257"]}, k=2, progress=False)
+    assert quality.first_try_accepted == 1.0 and quality.claims.with_generated == 2
+    assert quality.claims.generated_outside == 1.0 and quality.claims.by_kind["plot"] == {"found": 2, "outside": 2}
+    assert quality.claims.by_kind["genre"] == {"found": 2, "outside": 0}
+    lines = "\n".join(_explanations({"method": "llmrec", "k": 2, **quality.model_dump()}))
+    assert "| shipped generated parts stating something outside the catalog / history | 100.0% of 2 |" in lines
+    assert "plot 2/2" in lines and "about a soldier who finds love" in lines
