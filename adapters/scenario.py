@@ -140,3 +140,60 @@ def save_scenario(scenario: Scenario, home: Path) -> Path:
     tmp.write_text(json.dumps(scenario.model_dump(mode="json"), indent=2, default=str) + "\n")
     tmp.replace(path)
     return path
+
+
+def scenario_names(home: Path) -> list[str]:
+    """Every scenario: the built-in ones and the user's under `<home>/scenarios`, sorted."""
+    return sorted(set(builtin_names()) | {p.parent.name for p in (home / "scenarios").glob("*/scenario.json")})
+
+
+def served_adapters(home: Path, only: str | None = None) -> tuple[dict[str, str], list[str]]:
+    """The LoRA adapters a vLLM server serves for every scenario (or for `only` that one): {adapter name: folder},
+    the name being what a request's `model` field picks; and a note for each adapter left out (an `embedding`
+    adapter is a projection tower that llmrec runs itself, never a vLLM LoRA).
+
+    Scenarios that share one adapter (same name, same folder or the same bytes) serve it once; two adapters of
+    one name from different files are refused (AdapterMismatch, exit 6), as vLLM serves one adapter per name.
+    """
+    from llmrec.agents.encoder import OBJECTIVE as EMBEDDING
+    from llmrec.agents.encoder import objective_of
+    from llmrec.errors import AdapterMismatch
+
+    served: dict[str, tuple[str, str]] = {}  # adapter name → (folder, first scenario naming it)
+    notes: list[str] = []
+    for name in [check_name(only)] if only is not None else scenario_names(home):
+        adapter = load_scenario(name, home).adapter
+        if adapter is None:
+            continue
+        if objective_of(adapter) == EMBEDDING:
+            notes.append(f"scenario {name}: adapter {adapter.name!r} is an embedding adapter (a projection tower llmrec runs "
+                         "in process), so the vLLM server does not serve it")
+            continue
+        if adapter.name not in served:
+            served[adapter.name] = (adapter.path, name)
+            continue
+        folder, owner = served[adapter.name]
+        same = Path(folder).resolve() == Path(adapter.path).resolve() or folder_hash(Path(folder)) == folder_hash(Path(adapter.path))
+        if not same:
+            raise AdapterMismatch(f"scenarios {owner!r} and {name!r} both name adapter {adapter.name!r}, from different files "
+                                  f"({folder} and {adapter.path}); a vLLM server serves one adapter per name: rename one "
+                                  "(its scenario's adapter.name) or serve one scenario with --scenario")
+    return {adapter: folder for adapter, (folder, _) in served.items()}, notes
+
+
+def stale_data_note(scenario: Scenario, split_fingerprint: str) -> str | None:
+    """A warning when the scenario's adapter was trained on other data than the scenario's dataset holds now.
+
+    Every adapter manifest records `split_fingerprint` (the leave-one-out split of the data it learned from);
+    a manifest without one (older adapters) is not judged."""
+    if scenario.adapter is None:
+        return None
+    try:
+        recorded = json.loads((Path(scenario.adapter.path) / "manifest.json").read_text()).get("split_fingerprint")
+    except (OSError, ValueError):
+        return None
+    if not recorded or recorded == split_fingerprint:
+        return None
+    return (f"adapter {scenario.adapter.name!r} was trained on other data than {scenario.dataset!r} holds now (split fingerprint "
+            f"{recorded[:12]}, now {split_fingerprint[:12]}); its scores and fusion weight may not fit: retrain it with "
+            f"`llmrec adapters train --scenario {scenario.name}`")

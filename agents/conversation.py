@@ -36,7 +36,7 @@ from llmrec.agents.feedback import FeedbackEvent, FeedbackStore
 from llmrec.agents.titles import TitleResolver
 from llmrec.agents.tools import Recommended, Stages, StagesConfig
 from llmrec.agents.understand import TurnReading, Understander, UnderstandConfig, decades
-from llmrec.errors import LLMRecError
+from llmrec.errors import LLMRecError, LLMUnavailable
 from llmrec.prompts.safety import looks_like_instruction
 from llmrec.schemas import Candidate
 
@@ -274,13 +274,19 @@ class ToolPlanner:
     """A chat model with native tool calling (e.g. `ChatOpenAI(base_url=...)` against a vLLM server started with
     `--enable-auto-tool-choice`) runs the tools for a turn. Tool arguments are validated by the tools' pydantic
     schemas; an invalid call gets the error back as the tool's answer. The list shown comes from the last
-    `recommend` result, so it holds only catalog items."""
+    `recommend` result, so it holds only catalog items.
+
+    The first step names `first_tool` as the request's `tool_choice` (vLLM decodes the call under that tool's JSON
+    schema, so even SmolLM2-135M makes a well-formed call); later steps leave the choice to the model. None leaves
+    every step to the model. vLLM 0.32 refuses any `tool_choice` unless the server has a tool parser
+    (`llmrec serve-llm --tool-call-parser NAME`)."""
 
     SYSTEM = ("You recommend movies from a catalog using the tools. Always call `recommend` for the user before answering, "
               "with the constraints the user stated. Answer in one short sentence.")
 
-    def __init__(self, model: Any, tools: Sequence[Any], stages: Stages, max_steps: int = 6):
+    def __init__(self, model: Any, tools: Sequence[Any], stages: Stages, max_steps: int = 6, first_tool: str | None = "recommend"):
         self.model = model.bind_tools(list(tools))
+        self.first = model.bind_tools(list(tools), tool_choice=first_tool) if first_tool else self.model
         self.tools = {t.name: t for t in tools}
         self.stages = stages
         self.max_steps = max_steps
@@ -291,8 +297,12 @@ class ToolPlanner:
         user = state.user_id or state.user_key
         messages: list[Any] = [SystemMessage(self.SYSTEM), HumanMessage(f"user: {user}\nmessage: {state.message}")]
         last: dict | None = None
-        for _ in range(self.max_steps):
-            answer = self.model.invoke(messages)
+        for step in range(self.max_steps):
+            try:
+                answer = (self.first if step == 0 else self.model).invoke(messages)
+            except Exception as exc:  # noqa: BLE001 - openai/langchain raise many types; one clear line
+                raise LLMUnavailable(f"the served model's tool calling failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                                     "start the server with `llmrec serve-llm --tool-call-parser NAME`") from exc
             messages.append(answer)
             if not answer.tool_calls:
                 break
@@ -340,7 +350,8 @@ def chat_model(settings: Any, pipeline: Any) -> Any:
 
         adapter = pipeline.scenario.adapter
         return ChatOpenAI(base_url=settings.llm_url, model=adapter.name if adapter else pipeline.engine.model_name, api_key="EMPTY",
-                          max_retries=0, timeout=settings.llm_timeout_s, temperature=0.0)
+                          max_retries=0, timeout=settings.llm_timeout_s, temperature=0.0,
+                          max_tokens=128)  # a turn's answer is one short sentence; unbounded, a CPU server may run to the context limit
     from llmrec.agents.chat_models import EngineChatModel
 
     return EngineChatModel(engine=pipeline.engine)
