@@ -258,7 +258,7 @@ def save_adapter(out: Path, tower: TwoTower, manifest: dict) -> Path:
 
 def build_manifest(model: str, config: EmbeddingTrainConfig, split: LeaveOneOutSplit, result: TrainResult, **extra) -> dict:
     return {"objective": OBJECTIVE, "base_model": model_identity(model), "item_text": ITEM_TEXT_VERSION,
-            "data_fingerprint": split.fingerprint(), "config": json.loads(config.model_dump_json()), **result.manifest, **extra}
+            "data_fingerprint": split.fingerprint(), "split_fingerprint": split.fingerprint(), "config": json.loads(config.model_dump_json()), **result.manifest, **extra}
 
 
 def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrainConfig, progress: bool = True) -> tuple[Path, dict]:

