@@ -11,6 +11,8 @@ What counts as a claim, and when it is *outside* (states something the catalog a
 - `plot` and `people`: the catalog holds no plot, cast, crew, studio or awards, so every such claim is outside
   ("about a young boy who is a hero", "starring X", "directed by", "a classic Disney movie"). A claim runs from
   its cue to the end of its clause; cues are listed below, and words inside it are not checked again.
+- `figure`: a count or share ("of the 34 people who watched it", "90% of viewers"): llmrec fills in every figure
+  from the interactions, so one the model writes is outside (it is checked by nothing).
 
 Opinions and tone ("great", "dark", "classic", "funny twist") are not claims here: nothing could confirm or refute them.
 """
@@ -27,8 +29,8 @@ from pydantic import BaseModel, ConfigDict
 from llmrec.agents.grounding import GroundingValidator, _title_forms
 from llmrec.schemas import Item
 
-Kind = Literal["title", "genre", "year", "plot", "people"]
-KINDS: tuple[Kind, ...] = ("title", "genre", "year", "plot", "people")
+Kind = Literal["title", "genre", "year", "plot", "people", "figure"]
+KINDS: tuple[Kind, ...] = ("title", "genre", "year", "plot", "people", "figure")
 
 # Synonyms of the MovieLens genres; a catalog's own genre names count too (see ClaimChecker).
 GENRE_SYNONYMS = {
@@ -54,7 +56,9 @@ _PLOT = (r"about\s+(?:a|an|the|two|three|his|her|their|how|what|when|young|one)|
          r"story\s+of|tale\s+of|journey|hero|heroes|heroine|villain|protagonist|characters?|"
          r"(?:young|little|old)\s+(?:boy|girl|man|woman|men|women)|(?:boy|girl|man|woman)\s+who|set\s+in|"
          r"takes\s+place|based\s+on|true\s+story|themes?\s+of|redemption|book|novel|aired|sequel|remake")
-_CUES = re.compile(rf"\b(?:(?P<people>{_PEOPLE})|(?P<plot>{_PLOT}))\b", re.IGNORECASE)
+_FIGURE = (r"\d[\d,.]*\s*(?:%|percent|per\s+cent|people|persons|viewers|users|fans|votes|ratings|stars|times|members|"
+           r"of\s+(?:the\s+)?(?:people|viewers|users|fans))")
+_CUES = re.compile(rf"\b(?:(?P<people>{_PEOPLE})|(?P<plot>{_PLOT})|(?P<figure>{_FIGURE}))(?![\w])", re.IGNORECASE)
 _CLAUSE_END = re.compile(r"[,;:.!?()]|\s(?:and|but|or|while|whereas)\s")
 _WORD = re.compile(r"[0-9A-Za-z]+")  # the grounding validator's words: `mentions` returns one entry per match
 _QUOTED = re.compile(r"[\"“”]([^\"“”]*)[\"“”]")
@@ -159,9 +163,10 @@ class ClaimChecker:
                 continue  # inside the previous claim's clause
             stop = _CLAUSE_END.search(text, cue.end())
             end = stop.start() if stop else len(text)
-            kind: Kind = "people" if cue.group("people") else "plot"
-            claims.append(Claim(kind=kind, text=text[cue.start():end].strip(), outside=True,
-                                why="the catalog holds no cast, crew, studio or awards" if kind == "people" else "the catalog holds no plots"))
+            kind: Kind = "people" if cue.group("people") else "figure" if cue.group("figure") else "plot"
+            why = {"people": "the catalog holds no cast, crew, studio or awards", "plot": "the catalog holds no plots",
+                   "figure": "llmrec fills in every figure; one the model writes is checked by nothing"}[kind]
+            claims.append(Claim(kind=kind, text=text[cue.start():end].strip(), outside=True, why=why))
             for n, (_, a, b) in enumerate(words):
                 if a >= cue.start() and b <= end:
                     used[n] = True

@@ -79,6 +79,8 @@ def test_titles_in_the_history_or_the_item_itself_are_not():
     ("of the movie's themes of redemption and personal growth", "plot", "themes of redemption"),
     ("it tells the story of a woman who joins the army", "plot", "tells the story of a woman who joins the army"),
     ("it is based on a true story", "plot", "based on a true story"),
+    ("of the 34 people who watched it", "figure", "34 people who watched it"),  # a real generated reason
+    ("90% of viewers loved it", "figure", "90% of viewers loved it"),
 ])
 def test_plot_and_people_claims_are_always_outside(text, kind, claim):
     assert (kind, claim) in outside(text)
@@ -88,6 +90,10 @@ def test_genre_words_inside_a_title_or_a_title_cased_genre_are_not_misread():
     assert outside("it is a Sci-Fi Comedy like Toy Story", target=BY_ID["257"]) == []
     assert outside("it has Action Movies fans", target=BY_ID["257"]) == []
     assert outside("fans of Star Wars will like it", target=BY_ID["257"], history=[BY_ID["50"]]) == []
+
+
+def test_years_and_decades_are_not_figures():
+    assert [c.kind for c in CHECKER.check("it is a comedy from 1980", BENJAMIN, HISTORY).claims] == ["genre", "year"]
 
 
 def test_opinions_are_not_claims():
