@@ -121,7 +121,6 @@ def train_scenario_adapter(settings: Settings, scenario_name: str, config: LoraT
     """Train the scenario's listwise adapter, then fit its fusion weight on `fit_users` validation users (0: leave it
     unfitted, so the adapter's ranking keeps the retriever's order until `llmrec fit-fusion`). The scenario file
     changes only when the run completes; the weight's grid goes into the adapter's manifest."""
-    from llmrec.adapters.scenario import save_scenario
     from llmrec.retrieval.datasets import load_dataset
 
     home = settings.resolved_home()
@@ -134,21 +133,31 @@ def train_scenario_adapter(settings: Settings, scenario_name: str, config: LoraT
                                           "base_model_sha256": base_model_sha256(model)})
     if not manifest["complete"] or manifest.get("cached"):
         return out, manifest
-    scenario.adapter = AdapterSpec(name=scenario_name, path=str(out))
+    return out, adopt(settings, scenario, out, manifest, fit_users, engine)
+
+
+def adopt(settings: Settings, scenario: Scenario, out: Path, manifest: dict, fit_users: int, engine=None) -> dict:
+    """Make the finished LoRA adapter in `out` the scenario's, then fit its fusion weight on `fit_users` validation
+    users (0: leave it unfitted, so it keeps the retriever's order until `llmrec fit-fusion`); the grid and the
+    validation NDCG@10 fused, alone and in retriever order join the manifest."""
+    from llmrec.adapters.scenario import save_scenario
+
+    home = settings.resolved_home()
+    scenario.adapter = AdapterSpec(name=scenario.name, path=str(out))
     scenario.fusion = FusionSpec()  # the old weight was fitted without this adapter
     save_scenario(scenario, home)
-    if fit_users:
-        scenario, grid = fit_fusion_weight(settings, scenario_name, users=fit_users, engine=engine)
-        save_scenario(scenario, home)
-        fit = scenario.fusion.fitted_on
-        manifest["fusion"] = {"weight": scenario.fusion.weight, "grid": grid, "users": fit.users if fit else 0}
-        manifest["valid_ndcg10_fused"] = grid["inf" if scenario.fusion.weight is None else str(scenario.fusion.weight)]
-        manifest["valid_ndcg10_alone"], manifest["valid_ndcg10_retriever_order"] = grid["0.0"], grid["inf"]
-        _rewrite_manifest(out, manifest)
-        if fit is not None:  # the fit recorded the folder's hash before its grid joined the manifest
-            scenario.fusion = scenario.fusion.model_copy(update={"fitted_on": fit.model_copy(update={"adapter_sha256": folder_hash(out)})})
-            save_scenario(scenario, home)
-    return out, manifest
+    if not fit_users:
+        return manifest
+    scenario, grid = fit_fusion_weight(settings, scenario.name, users=fit_users, engine=engine)
+    fit = scenario.fusion.fitted_on
+    manifest = {**manifest, "fusion": {"weight": scenario.fusion.weight, "grid": grid, "users": fit.users if fit else 0},
+                "valid_ndcg10_fused": grid["inf" if scenario.fusion.weight is None else str(scenario.fusion.weight)],
+                "valid_ndcg10_alone": grid["0.0"], "valid_ndcg10_retriever_order": grid["inf"]}
+    _rewrite_manifest(out, manifest)
+    if fit is not None:  # the fit recorded the folder's hash before its grid joined the manifest
+        scenario.fusion = scenario.fusion.model_copy(update={"fitted_on": fit.model_copy(update={"adapter_sha256": folder_hash(out)})})
+    save_scenario(scenario, home)
+    return manifest
 
 
 def _rewrite_manifest(out: Path, manifest: dict) -> None:

@@ -147,10 +147,9 @@ def train_scenario_sequence_adapter(settings: Settings, scenario_name: str, conf
 
     The scenario file changes only when the run completes; the fit's grid goes into the manifest.
     """
-    from llmrec.adapters.fit import fit_fusion_weight
-    from llmrec.adapters.scenario import AdapterSpec, FusionSpec, load_scenario, save_scenario, user_scenario_path
+    from llmrec.adapters.fit import adopt
+    from llmrec.adapters.scenario import load_scenario, user_scenario_path
     from llmrec.agents.engines import base_model_sha256
-    from llmrec.assets import folder_hash
     from llmrec.eval.split import LeaveOneOutSplit
     from llmrec.retrieval.datasets import load_dataset
 
@@ -166,22 +165,7 @@ def train_scenario_sequence_adapter(settings: Settings, scenario_name: str, conf
     manifest = train_sequence_lora(model, examples, out, config, manifest_extra=extra, resume=resume)
     if not manifest["complete"] or manifest.get("cached"):
         return out, manifest
-    scenario.adapter = AdapterSpec(name=scenario_name, path=str(out))
-    scenario.fusion = FusionSpec()  # the old weight was fitted without this adapter
-    save_scenario(scenario, home)
-    if fit_users:
-        scenario, grid = fit_fusion_weight(settings, scenario_name, users=fit_users, engine=engine)
-        manifest["fusion"] = {"weight": scenario.fusion.weight, "grid": grid, "users": scenario.fusion.fitted_on.users}
-        manifest["valid_ndcg10_fused"] = grid["inf" if scenario.fusion.weight is None else str(scenario.fusion.weight)]
-        manifest["valid_ndcg10_alone"], manifest["valid_ndcg10_retriever_order"] = grid["0.0"], grid["inf"]
-        tmp = out / "manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-        tmp.replace(out / "manifest.json")
-        # the fit recorded the folder's hash before the grid joined the manifest
-        fit = scenario.fusion.fitted_on.model_copy(update={"adapter_sha256": folder_hash(out)})
-        scenario.fusion = scenario.fusion.model_copy(update={"fitted_on": fit})
-        save_scenario(scenario, home)
-    return out, manifest
+    return out, adopt(settings, scenario, out, manifest, fit_users, engine)
 
 
 def train_from_cli(settings: Settings, args: argparse.Namespace, config: LoraTrainConfig) -> int:
