@@ -177,12 +177,12 @@ def list_adapters(settings: Settings, args: argparse.Namespace) -> int:
     """One line per scenario with an adapter, from its manifest (what it was trained on, and how it did on validation)."""
     from pathlib import Path
 
-    from llmrec.adapters.scenario import builtin_names, load_scenario
+    from llmrec.adapters.scenario import load_scenario, scenario_names
     from llmrec.agents.encoder import read_manifest
 
     home = settings.resolved_home()
-    names = sorted(set(builtin_names()) | {p.parent.name for p in (home / "scenarios").glob("*/scenario.json")})
-    print("scenario\tadapter\tobjective\tbase\tdata\tsize_kb\tvalid_ndcg10_alone\tvalid_ndcg10_fused\tw")
+    names = scenario_names(home)
+    print("scenario\tadapter\tobjective\tbase\tdata\tsize_kb\tvalid_ndcg10_alone_on_candidates\tvalid_ndcg10_fused\tw")
     for name in names:
         scenario = load_scenario(name, home)
         if scenario.adapter is None:
@@ -192,8 +192,8 @@ def list_adapters(settings: Settings, args: argparse.Namespace) -> int:
         base = manifest.get("base_model")
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1024 if folder.is_dir() else 0
         cells = [name, scenario.adapter.name, manifest.get("objective", "listwise"),
-                 base.get("name") if isinstance(base, dict) else base, str(manifest.get("data_fingerprint", "-"))[:12],
-                 f"{size:.0f}", manifest.get("valid_ndcg10_alone_full_ranking", "-"), manifest.get("valid_ndcg10_fused", "-"),
+                 base.get("name") if isinstance(base, dict) else Path(str(base)).name, str(manifest.get("data_fingerprint", "-"))[:12],
+                 f"{size:.0f}", manifest.get("valid_ndcg10_alone", manifest.get("valid_ndcg10_on_candidates_alone", "-")), manifest.get("valid_ndcg10_fused", "-"),
                  "inf" if scenario.fusion.weight is None else scenario.fusion.weight]
         print("\t".join(str(c) for c in cells))
     return 0

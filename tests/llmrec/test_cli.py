@@ -128,3 +128,21 @@ def test_recommend_json_carries_the_load_notes_and_prints_them_on_stderr(tmp_pat
     dropped = "dirty.inter: dropped 1 of 8 interactions whose item is not in dirty.item (e.g. 'x242' (line 5))"
     assert dropped in response.notes and len(response.recommendations) == 2
     assert f"llmrec: note: {dropped}" in notes_on_stderr(result)
+
+
+def test_adapters_list_shows_each_scenarios_adapter_from_its_manifest(eval_home):
+    adapter = eval_home / "scenarios" / "movies2" / "adapter"
+    adapter.mkdir(parents=True)
+    manifest = {"objective": "pointwise", "base_model": "/somewhere/models/SmolLM2-135M-Instruct", "data_fingerprint": "abcdef1234567890",
+                "valid_ndcg10_alone": 0.1161, "valid_ndcg10_fused": 0.1402}
+    (adapter / "manifest.json").write_text(json.dumps(manifest))
+    (adapter / "adapter_model.safetensors").write_bytes(b"\0" * 4096)
+    scenario = {"name": "movies2", "dataset": "ml-100k", "domain": "movie", "adapter": {"name": "movies2", "path": str(adapter)},
+                "fusion": {"weight": 0.0625}}
+    (adapter.parent / "scenario.json").write_text(json.dumps(scenario))
+    result = llmrec("adapters", "list", env={"LLMREC_HOME": str(eval_home)})
+    assert result.returncode == 0, result.stderr[-1000:]
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert rows[0][:4] == ["scenario", "adapter", "objective", "base"]
+    assert ["movies2", "movies2", "pointwise", "SmolLM2-135M-Instruct", "abcdef123456", "4", "0.1161", "0.1402", "0.0625"] in rows
+    assert all(row[0] != "movies" for row in rows[1:])  # a scenario without an adapter has no line
