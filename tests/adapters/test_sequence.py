@@ -105,24 +105,9 @@ def test_real_peft_steps_on_real_windows_write_a_sequence_adapter(examples, tmp_
 @pytest.fixture(scope="module")
 def tiny_home(tmp_path_factory, home):
     """A home with scenario `tiny`: the first USERS users' ML-100K interactions and the items they saw."""
-    from llmrec.retrieval.datasets import builtin_folder
+    from llmrec.testing import tiny_home as build
 
-    root = tmp_path_factory.mktemp("sequence-home")
-    (root / "models").symlink_to(home / "models")
-    source = builtin_folder("ml-100k", home)
-    header, *rows = (source / "ml-100k.inter").read_text().splitlines()
-    users = set(sorted({r.split("\t")[0] for r in rows}, key=int)[:USERS])
-    kept = [r for r in rows if r.split("\t")[0] in users]
-    items = {r.split("\t")[1] for r in kept}
-    data = root / "tiny"
-    data.mkdir()
-    (data / "tiny.inter").write_text("\n".join([header, *kept]) + "\n")
-    item_header, *item_rows = (source / "ml-100k.item").read_text().splitlines()
-    (data / "tiny.item").write_text("\n".join([item_header, *(r for r in item_rows if r.split("\t")[0] in items)]) + "\n")
-    scenario = root / "scenarios" / "tiny" / "scenario.json"
-    scenario.parent.mkdir(parents=True)
-    scenario.write_text(json.dumps({"name": "tiny", "dataset": str(data), "domain": "movie"}))
-    return root
+    return build(tmp_path_factory.mktemp("sequence-home"), home, USERS)
 
 
 @pytest.mark.llm

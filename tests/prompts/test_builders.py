@@ -5,23 +5,10 @@ import pytest
 from llmrec.prompts import RankPromptBuilder, RankPromptConfig, clean_for_prompt
 from llmrec.prompts.builders import ExplainPromptBuilder, render_blocks
 from llmrec.prompts.safety import looks_like_instruction
-from llmrec.schemas import Item
+from llmrec.testing import WordFormatter, movie
 
 
-class WordFormatter:
-    """Counts words as tokens; renders a chat as plain text. Enough for the builder's rules."""
-
-    model_name = "words"
-
-    def count_tokens(self, text):
-        return len(text.split())
-
-    def chat_prompt(self, system, user, assistant_prefix=""):
-        return f"[S]{system}\n[U]{user}\n[A]{assistant_prefix}"
-
-
-def item(i, title=None, genres=("Drama",)):
-    return Item(item_id=str(i), title=title or f"Movie {i}", year=1990 + i % 10, genres=genres)
+item = movie
 
 
 def test_rank_prompt_lists_candidates_with_labels_in_order():
