@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from llmrec.adapters.encoder_lora import LORA_FOLDER, EncoderLoraConfig, train_encoder_lora
 from llmrec.adapters.fit import best_weight, choose_weight
 from llmrec.adapters.train import swap_in
 from llmrec.agents.encoder import (
@@ -55,6 +56,8 @@ class EmbeddingTrainConfig(BaseModel):
         "two threads spun in OpenMP barriers (5 seeds took 100 CPU-s on one thread, over 15 CPU-min on two, unfinished)."))
     fusion_grid: tuple[float, ...] = EMBEDDING_GRID
     candidates: int = Field(default=20, ge=2, description="Retriever candidates the fusion weight is fitted on.")
+    encoder_lora: EncoderLoraConfig | None = Field(default=None, description=(
+        "Stage 2: LoRA on the item encoder's blocks below the pooled layer, trained with the towers (None: frozen encoder)."))
 
 
 @dataclass(frozen=True)
@@ -243,13 +246,17 @@ def fit_fusion(ranker: EmbeddingRanker, catalog: dict[str, Item], split: LeaveOn
     return best_weight(table), grid, len(runs)
 
 
-def save_adapter(out: Path, tower: TwoTower, manifest: dict) -> Path:
-    """Write to a sibling folder, then swap it in: a failed or interrupted run never replaces the old adapter."""
+def save_adapter(out: Path, tower: TwoTower, manifest: dict, save_lora=None) -> Path:
+    """Write to a sibling folder, then swap it in: a failed or interrupted run never replaces the old adapter.
+
+    `save_lora(folder)` writes stage 2's encoder LoRA (a PEFT folder) into `encoder-lora/`."""
     from safetensors.numpy import save_file
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    if save_lora is not None:
+        save_lora(tmp / LORA_FOLDER)
     save_file({k: np.ascontiguousarray(v) for k, v in tower.tensors.items()}, str(tmp / WEIGHTS_FILE))
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     swap_in(tmp, out)
@@ -281,14 +288,21 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
     vectors = item_vectors(model, list(dataset.items.values()), home, config.encoder, progress)
     vector_s = time.perf_counter() - began
     result = train_towers(vectors, split, config, progress)
+    tower, save_lora, stage_two = result.tower, None, {}
+    if config.encoder_lora is not None:
+        two = train_encoder_lora(model, list(dataset.items.values()), vectors, tower, split, config.encoder, config.encoder_lora, progress)
+        stage_two = {"encoder_lora": two.manifest}
+        if two.save is not None:
+            stage_two["valid_ndcg10_alone_full_ranking"] = two.manifest["valid_ndcg10_kept"]
+            tower, save_lora, vectors = two.tower, two.save, ItemVectors(vectors.ids, two.matrix)
     retriever = HybridRetriever(index=build_index(settings, dataset, progress=progress)).fit(split.train_histories())
-    ranker = EmbeddingRanker(result.tower, vectors)
+    ranker = EmbeddingRanker(tower, vectors)
     weight, grid, users = fit_fusion(ranker, dataset.items, split, retriever, config, progress)
     fusion = {"weight": None if math.isinf(weight) else weight, "grid": grid, "users": users, "candidates": config.candidates}
     manifest = build_manifest(model, config, split, result, scenario=scenario_name, dataset=scenario.dataset,
                               item_vectors_s=round(vector_s, 1), fusion=fusion, valid_ndcg10_on_candidates_alone=grid["0.0"],
-                              valid_ndcg10_fused=grid[_key(weight)], valid_ndcg10_retriever_order=grid["inf"])
-    out = save_adapter(user_scenario_path(home, scenario_name).parent / f"adapter-{OBJECTIVE}", result.tower, manifest)
+                              valid_ndcg10_fused=grid[_key(weight)], valid_ndcg10_retriever_order=grid["inf"], **stage_two)
+    out = save_adapter(user_scenario_path(home, scenario_name).parent / f"adapter-{OBJECTIVE}", tower, manifest, save_lora)
     name = f"{scenario_name}-{OBJECTIVE}"
     scenario.adapter = AdapterSpec(name=name, path=str(out))
     scenario.fusion = FusionSpec(weight=fusion["weight"], fitted_on=FusionFit(

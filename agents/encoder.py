@@ -93,8 +93,15 @@ class ItemVectors:
         return {item_id: row for row, item_id in enumerate(self.ids)}
 
 
-def _encode(model: str, texts: Sequence[str], config: ItemEncoderConfig, progress: bool) -> np.ndarray:
-    """Mean of the chosen layer's hidden states over each text's non-special tokens; no grad."""
+def pooled_layer(layer: int | None, blocks: int) -> int:
+    """The index into `hidden_states` (0 = embeddings, i = block i's output) that `layer` names; -1 = after the final norm."""
+    return (blocks + 1) // 2 + 1 if layer is None else layer
+
+
+def _encode(model: str, texts: Sequence[str], config: ItemEncoderConfig, progress: bool, lora: Path | None = None) -> np.ndarray:
+    """Mean of the chosen layer's hidden states over each text's non-special tokens; no grad.
+
+    `lora`: an `encoder-lora` PEFT folder (stage 2 of the embedding objective), applied to the encoder."""
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModel, AutoTokenizer
@@ -104,6 +111,10 @@ def _encode(model: str, texts: Sequence[str], config: ItemEncoderConfig, progres
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     encoder = AutoModel.from_pretrained(model, dtype=getattr(torch, config.dtype)).eval()
+    if lora is not None:
+        from peft import PeftModel
+
+        encoder = PeftModel.from_pretrained(encoder, str(lora)).eval()  # unmerged: the computation training validated
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths per batch: less padding
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
@@ -113,24 +124,27 @@ def _encode(model: str, texts: Sequence[str], config: ItemEncoderConfig, progres
                               return_tensors="pt", return_special_tokens_mask=True)
             special = batch.pop("special_tokens_mask")
             result = encoder(**batch, output_hidden_states=config.layer != -1)
-            layer = len(result.hidden_states) // 2 + 1 if config.layer is None else config.layer
+            layer = pooled_layer(config.layer, len(result.hidden_states) - 1)
             states = (result.last_hidden_state if layer == -1 else result.hidden_states[layer]).float()
             mask = (batch["attention_mask"] * (1 - special)).unsqueeze(-1).float()
             out[rows] = ((states * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
     return out
 
 
-def item_vectors(model: str, items: Sequence[Item], home: Path, config: ItemEncoderConfig, progress: bool = True) -> ItemVectors:
-    """The items' vectors from the cache, or computed once and cached (atomically)."""
+def item_vectors(model: str, items: Sequence[Item], home: Path, config: ItemEncoderConfig, progress: bool = True,
+                 lora: Path | None = None) -> ItemVectors:
+    """The items' vectors from the cache, or computed once and cached (atomically); `lora`: see `_encode`."""
+    from llmrec.assets import folder_hash
+
     ids = tuple(item.item_id for item in items)
     texts = [item_text(item) for item in items]
-    key = hashlib.sha256(json.dumps([ITEM_TEXT_VERSION, base_model_sha256(model) or _model_identity(model), config.model_dump(exclude={"batch_size"}),
-                                     list(zip(ids, texts))]).encode()).hexdigest()[:24]
+    parts = [ITEM_TEXT_VERSION, base_model_sha256(model) or _model_identity(model), config.model_dump(exclude={"batch_size"}), list(zip(ids, texts))]
+    key = hashlib.sha256(json.dumps(parts + ([folder_hash(lora)] if lora is not None else [])).encode()).hexdigest()[:24]
     path = home / "item-vectors" / f"{key}.npy"
     if path.exists():
         return ItemVectors(ids, np.load(path))
     log.info("computing item vectors for %d items with %s", len(texts), model)
-    matrix = _encode(model, texts, config, progress)
+    matrix = _encode(model, texts, config, progress, lora)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".partial.npy")
     np.save(tmp, matrix)
@@ -254,5 +268,8 @@ def load_embedding_ranker(adapter: AdapterRef, base_model: str, items: Sequence[
     """The serving side of an `embedding` adapter: its towers over the catalog's (cached) item vectors."""
     tower, manifest = load_two_tower(adapter, base_model)
     encoder = ItemEncoderConfig.model_validate(manifest["config"]["encoder"])
-    vectors = item_vectors(base_model, items, home, encoder, progress)
+    lora = Path(adapter.path) / "encoder-lora" if (manifest.get("encoder_lora") or {}).get("kept") else None
+    if lora is not None and not (lora / "adapter_config.json").is_file():
+        raise AdapterMismatch(f"adapter {adapter.name!r}: its manifest names an encoder LoRA, but {lora}/adapter_config.json is missing")
+    vectors = item_vectors(base_model, items, home, encoder, progress, lora)
     return EmbeddingRanker(tower, vectors, EmbeddingRankerConfig(fusion_weight=fusion_weight))

@@ -90,9 +90,13 @@ def main() -> None:
     parser.add_argument("--curve", help="comma-separated optimizer-step budgets (0: no limit): for each, train, fit w on validation, "
                                         "test fused and alone; with --plot, a figure of NDCG@10 against training compute")
     parser.add_argument("--plot", help="with --curve: where to write the PNG")
+    parser.add_argument("--lora-curve", help="comma-separated encoder-LoRA step budgets (stage 2): stage 1 once, then one stage-2 run "
+                                             "whose kept state is tested at each budget (0 = stage 1 alone)")
     args = parser.parse_args()
     if args.curve:
         return curve(args)
+    if args.lora_curve:
+        return lora_curve(args)
     home, dataset, split, model, retriever = _setup(args)
     started = time.perf_counter()
     if args.adapter:
@@ -166,7 +170,47 @@ def curve(args) -> None:
         _plot(points, args.plot)
 
 
-def _plot(points, path) -> None:
+def lora_curve(args) -> None:
+    """Test NDCG@10 (fused, alone; paired p against the hybrid) against encoder-LoRA steps, w refitted on validation at each."""
+    from llmrec.adapters.encoder_lora import EncoderLoraConfig, train_encoder_lora
+    from llmrec.agents.encoder import ItemVectors
+
+    home, dataset, split, model, retriever = _setup(args)
+    encoder = ItemEncoderConfig(layer=args.layer, dtype=args.dtype)
+    items = list(dataset.items.values())
+    vectors = item_vectors(model, items, home, encoder)
+    valid = [(u, split.valid_history(u), split.valid[u]) for u in split.valid_users()]
+    test = [(u, split.test_history(u), split.test[u]) for u in split.test_users()]
+    grid = EmbeddingTrainConfig().fusion_grid
+    started = time.perf_counter()
+    stage1 = train_towers(vectors, split, EmbeddingTrainConfig(encoder=encoder, epochs=args.epochs, seeds=args.seeds,
+                                                               tower=TwoTowerConfig(dim=args.dim)), progress=False)
+    stage1_s = time.perf_counter() - started
+    budgets = sorted(int(b) for b in args.lora_curve.split(","))
+    points = []
+
+    def measure(step, tower, matrix):
+        if step not in budgets:
+            return
+        ranker = EmbeddingRanker(tower, ItemVectors(vectors.ids, matrix))
+        weight = best_weight(choose_weight(runs_for(ranker, dataset.items, retriever, valid)[0], grid))
+        out = test_report(f"encoder LoRA budget {step} steps", ranker, weight, dataset.items, retriever, test)
+        points.append({"steps": step, "seconds": round(time.perf_counter() - started, 1), **out})
+
+    measure(0, stage1.tower, vectors.matrix)
+    config = EncoderLoraConfig(steps=max(budgets), validate_every=math.gcd(*[b for b in budgets if b]) if any(budgets) else 1)
+    two = train_encoder_lora(model, items, vectors, stage1.tower, split, encoder, config, progress=True, on_validated=measure)
+    print(f"stage 1: {stage1_s:.0f} s; stage 2: {two.manifest['seconds_per_step']} s/step, validation curve {two.manifest['valid_curve']}")
+    print("LoRA steps | s (with evals) | w | test fused [CI] | p | test alone [CI] | p | hybrid")
+    for p in points:
+        f, a = p["fused"], p["alone (on the candidates)"]
+        print(f"{p['steps']} | {p['seconds']} | {p['weight']} | {f['NDCG@10']} {f['ci95']} | {p['paired: fused vs hybrid']['p']:.3f} | "
+              f"{a['NDCG@10']} {a['ci95']} | {p['paired: alone (on the candidates) vs hybrid']['p']:.3g} | {p['hybrid']['NDCG@10']}")
+    if args.plot:
+        _plot(points, args.plot, xlabel="encoder-LoRA steps (stage 2, after the towers)", log=False)
+
+
+def _plot(points, path, xlabel="optimizer steps of the towers (batch 512)", log=True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,8 +225,9 @@ def _plot(points, path) -> None:
         ax.plot(steps, mean, marker="o", label=label)
         ax.fill_between(steps, low, high, alpha=0.15)
     ax.axhline(points[0]["hybrid"]["NDCG@10"], color="k", linestyle="--", label="hybrid retriever")
-    ax.set_xscale("log")
-    ax.set_xlabel("optimizer steps of the towers (batch 512)")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(f"test NDCG@10, {points[0]['users']} users")
     ax.set_title("embedding objective: test NDCG@10 against training compute")
     ax.legend(fontsize=7)

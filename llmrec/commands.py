@@ -7,7 +7,7 @@ import random
 import sys
 import time
 
-from llmrec.errors import LLMUnavailable
+from llmrec.errors import LLMRecError, LLMUnavailable
 from llmrec.settings import Settings
 
 
@@ -152,6 +152,7 @@ def train_adapter(settings: Settings, args: argparse.Namespace) -> int:
 
 def train_embedding(settings: Settings, args: argparse.Namespace) -> int:
     from llmrec.adapters.embedding import EmbeddingTrainConfig, train_embedding_adapter
+    from llmrec.adapters.encoder_lora import EncoderLoraConfig
     from llmrec.agents.encoder import ItemEncoderConfig
     from llmrec.agents.models import pick_dtype
 
@@ -159,8 +160,11 @@ def train_embedding(settings: Settings, args: argparse.Namespace) -> int:
         print("llmrec: note: an embedding adapter trains in about a minute; --resume is not needed and is ignored", file=sys.stderr)
     options = {"batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_steps": args.steps, "max_minutes": args.minutes}
     encoder = ItemEncoderConfig(dtype=pick_dtype(settings.dtype), **({"layer": args.layer} if args.layer is not None else {}))
+    if args.encoder_lora_steps < 0 or args.encoder_lora_blocks < 1:
+        raise LLMRecError("--encoder-lora-steps must be 0 or more and --encoder-lora-blocks 1 or more")
+    lora = (EncoderLoraConfig(steps=args.encoder_lora_steps, blocks=args.encoder_lora_blocks, max_minutes=args.minutes, seed=settings.seed) if args.encoder_lora_steps else None)
     config = EmbeddingTrainConfig(epochs=args.epochs, seeds=args.seeds, seed=settings.seed, encoder=encoder, candidates=settings.candidates,
-                                  **{k: v for k, v in options.items() if v is not None})
+                                  encoder_lora=lora, **{k: v for k, v in options.items() if v is not None})
     path, manifest = train_embedding_adapter(settings, args.scenario, config)
     fusion = manifest["fusion"]
     w = "inf (retriever order)" if fusion["weight"] is None else f"{fusion['weight']:g}"
@@ -170,6 +174,12 @@ def train_embedding(settings: Settings, args: argparse.Namespace) -> int:
           f"on the candidates alone {manifest['valid_ndcg10_on_candidates_alone']:.4f}, retriever order "
           f"{manifest['valid_ndcg10_retriever_order']:.4f}, fused {manifest['valid_ndcg10_fused']:.4f} at w = {w}; "
           f"scenario {args.scenario} now uses it", file=sys.stderr)
+    if lora is not None:
+        two = manifest["encoder_lora"]
+        print(f"encoder LoRA ({two['trainable_parameters']} parameters on blocks {two['blocks']}, {two['steps_done']} steps, "
+              f"{two['seconds_per_step']} s/step, {two['dtype']}): validation NDCG@10 alone {two['valid_ndcg10_stage1']:.4f} -> "
+              f"{two['valid_ndcg10_kept']:.4f} at step {two['best_step']}; "
+              + ("kept" if two["kept"] else "not kept: no step beat the frozen encoder"), file=sys.stderr)
     return 0
 
 
