@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from llmrec.adapters.encoder_lora import LORA_FOLDER, EncoderLoraConfig, train_encoder_lora
-from llmrec.adapters.fit import best_weight, choose_weight
+from llmrec.adapters.fit import WeightFit, fit_weight
 from llmrec.adapters.train import swap_in
 from llmrec.agents.encoder import (
     ITEM_TEXT_VERSION, OBJECTIVE, TENSORS, WEIGHTS_FILE, EmbeddingRanker, ItemEncoderConfig,
@@ -233,17 +233,17 @@ class _Budget:
 
 
 def fit_fusion(ranker: EmbeddingRanker, catalog: dict[str, Item], split: LeaveOneOutSplit, retriever: Retriever,
-               config: EmbeddingTrainConfig, progress: bool = True) -> tuple[float, dict[str, float], int]:
-    """The fusion weight on validation targets among the retriever's candidates (ties to the larger weight)."""
+               config: EmbeddingTrainConfig, progress: bool = True) -> tuple[WeightFit, dict[str, float], int]:
+    """The fusion weight on validation targets among the retriever's candidates (`fit_weight`: gated by significance)."""
     runs = []
     for user in tqdm(split.valid_users(), desc="fusion fit (validation users)", unit="user", disable=not progress):
         history = split.valid_history(user)
         candidates = retriever.retrieve(history, config.candidates)
         scores = ranker.score_many([([catalog[i] for i in history.item_ids], candidates)])[0]
         runs.append(([c.item_id for c in candidates], scores, [c.retriever_rank for c in candidates], split.valid[user]))
-    table = choose_weight(runs, config.fusion_grid)
-    grid = {("inf" if math.isinf(w) else str(w)): round(v, 5) for w, v in table.items()}
-    return best_weight(table), grid, len(runs)
+    fit = fit_weight(runs, config.fusion_grid)
+    grid = {("inf" if math.isinf(w) else str(w)): round(v, 5) for w, v in fit.table.items()}
+    return fit, grid, len(runs)
 
 
 def save_adapter(out: Path, tower: TwoTower, manifest: dict, save_lora=None) -> Path:
@@ -297,17 +297,19 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
             tower, save_lora, vectors = two.tower, two.save, ItemVectors(vectors.ids, two.matrix)
     retriever = HybridRetriever(index=build_index(settings, dataset, progress=progress)).fit(split.train_histories())
     ranker = EmbeddingRanker(tower, vectors)
-    weight, grid, users = fit_fusion(ranker, dataset.items, split, retriever, config, progress)
-    fusion = {"weight": None if math.isinf(weight) else weight, "grid": grid, "users": users, "candidates": config.candidates}
+    fit, grid, users = fit_fusion(ranker, dataset.items, split, retriever, config, progress)
+    fusion = {"weight": None if math.isinf(fit.weight) else fit.weight, "grid": grid, "users": users, "candidates": config.candidates,
+              **fit.record()}
     manifest = build_manifest(model, config, split, result, scenario=scenario_name, dataset=scenario.dataset,
                               item_vectors_s=round(vector_s, 1), fusion=fusion, valid_ndcg10_on_candidates_alone=grid["0.0"],
-                              valid_ndcg10_fused=grid[_key(weight)], valid_ndcg10_retriever_order=grid["inf"], **stage_two)
+                              valid_ndcg10_fused=grid[_key(fit.weight)], valid_ndcg10_best_weight=grid[_key(fit.best)],
+                              valid_ndcg10_retriever_order=grid["inf"], **stage_two)
     out = save_adapter(user_scenario_path(home, scenario_name).parent / f"adapter-{OBJECTIVE}", tower, manifest, save_lora)
     name = f"{scenario_name}-{OBJECTIVE}"
     scenario.adapter = AdapterSpec(name=name, path=str(out))
     scenario.fusion = FusionSpec(weight=fusion["weight"], fitted_on=FusionFit(
         split=f"{scenario.dataset} leave-one-out, validation targets", users=users, grid=grid, model=display_name(model),
-        adapter=name, adapter_sha256=folder_hash(out), permutations=settings.permutations))
+        adapter=name, adapter_sha256=folder_hash(out), permutations=settings.permutations, **fit.record()))
     save_scenario(scenario, home)
     return out, manifest
 

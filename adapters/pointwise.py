@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from llmrec.adapters.fit import best_weight, choose_weight
+from llmrec.adapters.fit import best_weight, choose_weight, fit_weight
 from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, load_scenario, save_scenario, user_scenario_path
 from llmrec.adapters.train import LoraTrainConfig, RankingExample, train_lora
 from llmrec.agents.pointwise import OBJECTIVE, PointwiseRanker
@@ -157,16 +157,17 @@ def validate(context: Context, engine: LLMEngine, adapter: AdapterRef | None, us
             kept = scored[:n]
             runs.append(([c.item_id for c in kept], LLMScores(scores.logprobs[:n], 0, 0, 0), [c.retriever_rank for c in kept], target))
     seconds = time.perf_counter() - started
-    table = choose_weight(runs, POINTWISE_GRID)
-    weight = best_weight(table)
-    grid = {_key(w): round(v, 5) for w, v in table.items()}
+    fit = fit_weight(runs, POINTWISE_GRID)
+    weight = fit.weight
+    grid = {_key(w): round(v, 5) for w, v in fit.table.items()}
     return {
         "valid_users": len(runs), "valid_seconds": round(seconds, 1), "valid_targets_in_candidates": len(inside),
         "valid_auc": round(auc(positives, negatives), 4),
         "valid_auc_in_candidates": round(auc([p for p, _ in inside], [x for _, o in inside for x in o]), 4) if inside else None,
         "valid_ndcg10_alone": grid["0.0"], "valid_ndcg10_retriever_order": grid["inf"], "valid_ndcg10_fused": grid[_key(weight)],
         "valid_ndcg10_fused_heldout": _cross_fitted(runs),
-        "fusion": {"weight": None if math.isinf(weight) else weight, "grid": grid, "users": len(runs), "candidates": settings.candidates},
+        "fusion": {"weight": None if math.isinf(weight) else weight, "grid": grid, "users": len(runs), "candidates": settings.candidates,
+                   **fit.record()},
     }
 
 
@@ -228,7 +229,8 @@ def train_pointwise_adapter(settings: Settings, scenario_name: str, config: Lora
         fusion = manifest["fusion"]
         scenario.fusion = FusionSpec(weight=fusion["weight"], fitted_on=FusionFit(
             split=f"{scenario.dataset} leave-one-out, validation targets", users=fusion["users"], grid=fusion["grid"],
-            model=engine.model_name, adapter=name, adapter_sha256=folder_hash(out), permutations=settings.permutations))
+            model=engine.model_name, adapter=name, adapter_sha256=folder_hash(out), permutations=settings.permutations,
+            **{k: fusion.get(k) for k in ("best_weight", "p_value", "alpha")}))
         save_scenario(scenario, home)
     return out, manifest
 

@@ -39,6 +39,11 @@ class FusionFit(BaseModel):
     adapter: str | None = None
     adapter_sha256: str | None = Field(default=None, description="The adapter folder's bytes (`folder_hash`) when it was fitted.")
     permutations: int = 1
+    best_weight: float | None = Field(default=None, description="The grid's best weight on these users (None: the retriever's order).")
+    p_value: float | None = Field(default=None, description=(
+        "One-sided paired t-test of the best weight's gain over the retriever's order, Bonferroni-corrected for the grid's "
+        "weights; the weight ships only below `alpha`."))
+    alpha: float | None = None
 
 
 class FusionSpec(BaseModel):

@@ -19,7 +19,7 @@ import random
 import time
 
 from llmrec.adapters.embedding import EmbeddingTrainConfig, train_towers
-from llmrec.adapters.fit import best_weight, choose_weight
+from llmrec.adapters.fit import best_weight, choose_weight, fit_weight
 from llmrec.adapters.scenario import AdapterSpec
 from llmrec.agents.encoder import EmbeddingRanker, ItemEncoderConfig, TwoTowerConfig, item_vectors, load_two_tower
 from llmrec.agents.models import resolve_model
@@ -118,13 +118,15 @@ def main() -> None:
     runs, _ = runs_for(ranker, dataset.items, retriever, valid)
     table = choose_weight(runs, grid)
     crossed, chosen = cross_fit(runs, grid)
-    weight = best_weight(table)
+    fit = fit_weight(runs, grid)
+    weight = fit.best
     print("valid grid", {("inf" if math.isinf(w) else w): round(v, 4) for w, v in table.items()})
     print(f"valid cross-fit fused {crossed:.4f} (w per half {chosen}) vs retriever order {table[math.inf]:.4f}; w on all: {weight}", flush=True)
+    print(f"significance gate (adapters.fit.fit_weight): best w {fit.best}, one-sided paired p = {fit.p_value}; ships w = {fit.weight}")
     if not args.test:
         return
     test = [(u, split.test_history(u), split.test[u]) for u in split.test_users()]
-    test_report("TEST all users", ranker, weight, dataset.items, retriever, test)
+    test_report("TEST all users (the grid's best w, ungated)", ranker, weight, dataset.items, retriever, test)
     if args.cold_start:
         cold = [(u, UserHistory(user_id=u, item_ids=split.train[u][: args.cold_start]), split.test[u]) for u in split.test_users()]
         test_report(f"TEST cold-start slice (first {args.cold_start} training items)", ranker, weight, dataset.items, retriever, cold)

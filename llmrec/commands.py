@@ -111,7 +111,11 @@ def fit_fusion(settings: Settings, args: argparse.Namespace) -> int:
     for weight, value in table.items():
         print(f"w={weight:>5}: NDCG@10 {value:.4f}")
     chosen = "inf (retriever order)" if scenario.fusion.weight is None else scenario.fusion.weight
-    print(f"chosen w = {chosen}; saved to {path}")
+    fit = scenario.fusion.fitted_on
+    gate = (f"; the best weight ({fit.best_weight:g}) gained over the retriever's order with one-sided p = {fit.p_value:.3g}"
+            + (f", not significant at {fit.alpha:g}: the list keeps the retriever's order" if scenario.fusion.weight is None else "")
+            if fit is not None and fit.best_weight is not None and fit.p_value is not None else "")
+    print(f"chosen w = {chosen}{gate}; saved to {path}")
     return 0
 
 
@@ -201,7 +205,8 @@ def list_adapters(settings: Settings, args: argparse.Namespace) -> int:
         manifest = read_manifest(folder)
         base = manifest.get("base_model")
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1024 if folder.is_dir() else 0
-        cells = [name, scenario.adapter.name, manifest.get("objective", "listwise"),
+        objective = manifest.get("objective", "listwise") + ("+encoder-lora" if (manifest.get("encoder_lora") or {}).get("kept") else "")
+        cells = [name, scenario.adapter.name, objective,
                  base.get("name") if isinstance(base, dict) else Path(str(base)).name, str(manifest.get("data_fingerprint", "-"))[:12],
                  f"{size:.0f}", manifest.get("valid_ndcg10_alone", manifest.get("valid_ndcg10_on_candidates_alone", "-")), manifest.get("valid_ndcg10_fused", "-"),
                  "inf" if scenario.fusion.weight is None else scenario.fusion.weight]

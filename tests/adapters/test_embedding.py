@@ -56,7 +56,10 @@ def test_training_writes_the_adapter_folder_and_the_scenario(trained, model_dir)
     grid = manifest["fusion"]["grid"]
     assert set(grid) == {"inf" if math.isinf(w) else str(w) for w in EmbeddingTrainConfig().fusion_grid}
     assert trained.fusion.fitted_on.adapter == trained.adapter.name and trained.fusion.fitted_on.grid == grid
-    assert (trained.fusion.weight is None) == (max(grid, key=lambda w: (grid[w], math.inf if w == "inf" else float(w))) == "inf")
+    fit = trained.fusion.fitted_on
+    assert (fit.best_weight is None) == (max(grid, key=lambda w: (grid[w], math.inf if w == "inf" else float(w))) == "inf")
+    # the best weight ships only with a significant validation gain over the retriever's order
+    assert (trained.fusion.weight is None) == (fit.best_weight is None or fit.p_value >= fit.alpha)
 
 
 def test_reloaded_adapter_gives_identical_scores(tiny_home, model_dir, tmp_path):

@@ -85,6 +85,9 @@ def test_cli_trains_both_stages_and_the_pipeline_serves_them(tiny_home, model_di
     two = manifest["encoder_lora"]
     assert two["steps_done"] == 2 and two["config"]["blocks"] == 2
     assert (folder / LORA_FOLDER / "adapter_config.json").is_file() == two["kept"]
+    assert main(["adapters", "list", "--home", str(tiny_home), "--model", model_dir]) == 0
+    row = [r for r in capsys.readouterr().out.splitlines() if r.startswith("tiny\t")][0].split("\t")
+    assert row[2] == ("embedding+encoder-lora" if two["kept"] else "embedding")
     dataset, _ = data
     ranker = load_embedding_ranker(scenario.adapter, model_dir, list(dataset.items.values()), tiny_home, 1.0, progress=False)
     assert isinstance(ranker, EmbeddingRanker)
