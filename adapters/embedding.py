@@ -268,8 +268,13 @@ def build_manifest(model: str, config: EmbeddingTrainConfig, split: LeaveOneOutS
             "data_fingerprint": split.fingerprint(), "split_fingerprint": split.fingerprint(), "config": json.loads(config.model_dump_json()), **result.manifest, **extra}
 
 
-def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrainConfig, progress: bool = True) -> tuple[Path, dict]:
-    """Item vectors (cached) → towers → fusion weight on validation → adapter folder + scenario file."""
+def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrainConfig, progress: bool = True,
+                            resume: bool = False) -> tuple[Path, dict]:
+    """Item vectors (cached) → towers → (encoder LoRA) → fusion weight on validation → adapter folder + scenario file.
+
+    With an encoder LoRA, `<adapter>.resume/` holds the stage-1 towers and stage 2's checkpoint until the adapter is
+    published; `resume` continues from them. A time budget that ends stage 2 returns `manifest["complete"] = False`
+    and changes nothing else."""
     from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, load_scenario, save_scenario, user_scenario_path
     from llmrec.agents.encoder import item_vectors
     from llmrec.agents.engines import display_name
@@ -287,11 +292,18 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
     began = time.perf_counter()
     vectors = item_vectors(model, list(dataset.items.values()), home, config.encoder, progress)
     vector_s = time.perf_counter() - began
-    result = train_towers(vectors, split, config, progress)
+    out = user_scenario_path(home, scenario_name).parent / f"adapter-{OBJECTIVE}"
+    resume_dir = out.with_name(out.name + ".resume")
+    if not resume:
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    result = _stage_one(vectors, split, config, model, resume_dir if config.encoder_lora else None, resume, progress)
     tower, save_lora, stage_two = result.tower, None, {}
     if config.encoder_lora is not None:
-        two = train_encoder_lora(model, list(dataset.items.values()), vectors, tower, split, config.encoder, config.encoder_lora, progress)
+        two = train_encoder_lora(model, list(dataset.items.values()), vectors, tower, split, config.encoder, config.encoder_lora, progress,
+                                 checkpoint=resume_dir / "encoder-lora.pt", resume=resume)
         stage_two = {"encoder_lora": two.manifest}
+        if not two.manifest["complete"]:
+            return resume_dir, {"complete": False, **stage_two}
         if two.save is not None:
             stage_two["valid_ndcg10_alone_full_ranking"] = two.manifest["valid_ndcg10_kept"]
             tower, save_lora, vectors = two.tower, two.save, ItemVectors(vectors.ids, two.matrix)
@@ -304,7 +316,8 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
                               item_vectors_s=round(vector_s, 1), fusion=fusion, valid_ndcg10_on_candidates_alone=grid["0.0"],
                               valid_ndcg10_fused=grid[_key(fit.weight)], valid_ndcg10_best_weight=grid[_key(fit.best)],
                               valid_ndcg10_retriever_order=grid["inf"], **stage_two)
-    out = save_adapter(user_scenario_path(home, scenario_name).parent / f"adapter-{OBJECTIVE}", tower, manifest, save_lora)
+    out = save_adapter(out, tower, manifest, save_lora)
+    shutil.rmtree(resume_dir, ignore_errors=True)
     name = f"{scenario_name}-{OBJECTIVE}"
     scenario.adapter = AdapterSpec(name=name, path=str(out))
     scenario.fusion = FusionSpec(weight=fusion["weight"], fitted_on=FusionFit(
@@ -312,6 +325,35 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
         adapter=name, adapter_sha256=folder_hash(out), permutations=settings.permutations, **fit.record()))
     save_scenario(scenario, home)
     return out, manifest
+
+
+def _stage_one(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingTrainConfig, model: str, folder: Path | None,
+               resume: bool, progress: bool) -> TrainResult:
+    """The towers; with `folder`, kept there for a resume (and read back from there by one)."""
+    import hashlib
+
+    from safetensors.numpy import load_file, save_file
+
+    from llmrec.errors import TrainingConflict
+
+    key = hashlib.sha256(json.dumps([config.model_dump(mode="json", exclude={"encoder_lora", "max_minutes", "threads"}), split.fingerprint(),
+                                     model_identity(model)["path"]]).encode()).hexdigest()
+    if resume and folder is not None:
+        try:
+            saved = json.loads((folder / "stage1.json").read_text())
+            tensors = load_file(str(folder / "stage1.safetensors"))
+        except (OSError, ValueError):
+            raise TrainingConflict(f"--resume: no stage-1 towers in {folder}; start without --resume") from None
+        if saved.get("key") != key:
+            raise TrainingConflict(f"--resume: the towers in {folder} were trained with another config or other data; "
+                                   "resume with the same settings, or start again without --resume")
+        return TrainResult(TwoTower(tensors, TwoTowerConfig.model_validate(saved["tower"])), saved["manifest"])
+    result = train_towers(vectors, split, config, progress)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: np.ascontiguousarray(v) for k, v in result.tower.tensors.items()}, str(folder / "stage1.safetensors"))
+        (folder / "stage1.json").write_text(json.dumps({"key": key, "tower": result.tower.config.model_dump(), "manifest": result.manifest}))
+    return result
 
 
 def _key(weight: float) -> str:

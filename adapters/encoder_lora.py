@@ -15,8 +15,8 @@ full-catalog softmax over next-item targets:
 
 The LoRA is saved as a PEFT folder (`encoder-lora/`, `adapter_config.json` + safetensors) on the
 base model's own layer names, so `agents.encoder` applies it with `PeftModel.from_pretrained` to
-compute the served item vectors. Runs take minutes; there is no `--resume`: a run is cut by its
-step or time budget and keeps its best validated state.
+compute the served item vectors. With a checkpoint file the run saves its whole state at every
+validation and on Ctrl-C, and `--resume` continues it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from llmrec.agents.encoder import ItemEncoderConfig, ItemVectors, TwoTower, item_text, pooled_layer
-from llmrec.errors import TrainingInterrupted
+from llmrec.errors import TrainingConflict, TrainingInterrupted
 from llmrec.schemas import Item
 
 LORA_FOLDER = "encoder-lora"
@@ -137,17 +137,28 @@ class _Window:
         return torch.cat(parts)[inverse]
 
 
+BUDGET_FIELDS = {"steps", "max_minutes", "validate_every"}
+"""May change between an interrupted run and its resume: they bound the run, not what it learns."""
+
+
 def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, tower: TwoTower, split, encoder: ItemEncoderConfig,
-                       config: EncoderLoraConfig, progress: bool = True, on_validated=None) -> StageTwo:
+                       config: EncoderLoraConfig, progress: bool = True, on_validated=None, checkpoint: Path | None = None,
+                       resume: bool = False) -> StageTwo:
     """LoRA on the item encoder plus the towers, from stage 1's towers; the best validated state is returned.
 
-    `on_validated(step, tower, matrix)`, if given, sees the state that would be kept were the run to end there."""
+    `on_validated(step, tower, matrix)`, if given, sees the state that would be kept were the run to end there.
+    With `checkpoint` (a file), the whole state is saved there at every validation and on Ctrl-C, and `resume`
+    continues from it (refused, exit 10, if it was made with another config, other data or other stage-1 towers).
+    A time budget (`max_minutes`) then ends the run with `manifest["complete"] = False` and the checkpoint kept.
+    """
     import torch
 
     from llmrec.adapters.embedding import next_item_examples, validation_ndcg
 
     torch.manual_seed(config.seed)
     assert tuple(item.item_id for item in items) == vectors.ids, "items must be in the vectors' order"
+    key = _learning_key(config, encoder, tower, split)
+    saved = _load_checkpoint(checkpoint, key) if resume else None
     window = _Window(model, [item_text(item) for item in items], encoder, config, progress)
     tensors = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in tower.tensors.items()}
     center, scale = tensors["center"], tensors["scale"]
@@ -157,7 +168,6 @@ def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, 
     data = next_item_examples(split.train, vectors.index(), tower.config)
     history, weights, target = (torch.from_numpy(a) for a in (data.history, data.weights, data.target))
     generator = torch.Generator().manual_seed(config.seed)
-    order, at = torch.randperm(len(target), generator=generator), 0
 
     def export() -> TwoTower:
         out = dict(tower.tensors)
@@ -169,18 +179,43 @@ def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, 
             matrix = window.encode_all().numpy()
         return validation_ndcg(export(), ItemVectors(vectors.ids, matrix), split), matrix
 
-    stage1 = validation_ndcg(tower, vectors, split)
-    best = {"ndcg": stage1, "step": 0, "lora": None, "tower": tower, "matrix": vectors.matrix}
-    curve, losses, started = [{"step": 0, "valid_ndcg10": round(stage1, 5), "seconds": 0.0}], [], time.perf_counter()
-    deadline = started + config.max_minutes * 60 if config.max_minutes else None
+    if saved is None:
+        stage1 = validation_ndcg(tower, vectors, split)
+        order = torch.randperm(len(target), generator=generator)
+        run = {"step": 0, "at": 0, "losses": [], "seconds": 0.0, "stage1": stage1,
+               "curve": [{"step": 0, "valid_ndcg10": round(stage1, 5), "seconds": 0.0}],
+               "best": {"ndcg": stage1, "step": 0, "lora": None, "tower": None, "matrix": None}}
+    else:
+        run, order = saved["run"], saved["order"]
+        window.peft.load_state_dict(saved["lora"], strict=False)
+        with torch.no_grad():
+            for k, v in saved["towers"].items():
+                towers[k].copy_(v)
+        optimizer.load_state_dict(saved["optimizer"])
+        generator.set_state(saved["generator"])
+    best = run["best"]
+    started = time.perf_counter() - run["seconds"]
+    deadline = time.perf_counter() + config.max_minutes * 60 if config.max_minutes else None
+
+    def snapshot() -> None:
+        if checkpoint is None:
+            return
+        run["seconds"] = round(time.perf_counter() - started, 1)
+        lora = {k: v.detach().clone() for k, v in window.peft.state_dict().items() if "lora_" in k}
+        tmp = checkpoint.with_name(checkpoint.name + ".tmp")
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"key": key, "run": run, "order": order, "lora": lora, "towers": {k: v.detach().clone() for k, v in towers.items()},
+                    "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, tmp)
+        tmp.replace(checkpoint)
+
     stopped = f"step budget ({config.steps}) spent"
-    bar = tqdm(range(1, config.steps + 1), desc="encoder LoRA steps", unit="step", disable=not progress)
+    bar = tqdm(range(run["step"] + 1, config.steps + 1), initial=run["step"], total=config.steps, desc="encoder LoRA steps",
+               unit="step", disable=not progress)
     try:
         for step in bar:
-            if at + config.batch_size > len(order):
-                order, at = torch.randperm(len(target), generator=generator), 0
-            idx = order[at : at + config.batch_size]
-            at += config.batch_size
+            if run["at"] + config.batch_size > len(order):
+                order, run["at"] = torch.randperm(len(target), generator=generator), 0
+            idx = order[run["at"] : run["at"] + config.batch_size]
             x = (window.encode_all() - center) / scale
             pooled = (x[history[idx].clamp(min=0)] * weights[idx].unsqueeze(-1)).sum(1)
             logits = (pooled @ towers["user_weight"] + towers["user_bias"]) @ (x @ towers["item_weight"] + towers["item_bias"]).T
@@ -188,35 +223,72 @@ def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(round(float(loss.item()), 4))
-            bar.set_postfix(loss=f"{np.mean(losses[-5:]):.3f}", best=f"{best['ndcg']:.4f}")
+            run["at"] += config.batch_size
+            run["step"] = step
+            run["losses"].append(round(float(loss.item()), 4))
+            bar.set_postfix(loss=f"{np.mean(run['losses'][-5:]):.3f}", best=f"{best['ndcg']:.4f}")
             out_of_time = deadline is not None and time.perf_counter() >= deadline
             if step % config.validate_every == 0 or step == config.steps or out_of_time:
                 ndcg, matrix = validate()
-                curve.append({"step": step, "valid_ndcg10": round(ndcg, 5), "seconds": round(time.perf_counter() - started, 1)})
+                run["curve"].append({"step": step, "valid_ndcg10": round(ndcg, 5), "seconds": round(time.perf_counter() - started, 1)})
                 if ndcg > best["ndcg"] or (config.keep == "last" and (step == config.steps or out_of_time)):
                     lora = {k: v.detach().clone() for k, v in window.peft.state_dict().items() if "lora_" in k}
-                    best = {"ndcg": ndcg, "step": step, "lora": lora, "tower": export(), "matrix": matrix}
+                    best = run["best"] = {"ndcg": ndcg, "step": step, "lora": lora, "tower": export().tensors, "matrix": matrix}
+                snapshot()
                 if on_validated is not None:
-                    on_validated(step, best["tower"], best["matrix"])
+                    kept = (TwoTower(best["tower"], tower.config), best["matrix"]) if best["lora"] is not None else (tower, vectors.matrix)
+                    on_validated(step, *kept)
             if out_of_time:
                 stopped = f"time budget ({config.max_minutes:g} min) spent at step {step}"
                 break
     except KeyboardInterrupt:
-        raise TrainingInterrupted("encoder LoRA training interrupted; nothing was written, the existing adapter is unchanged") from None
+        snapshot()
+        where = f"; checkpoint saved in {checkpoint}: run again with --resume to continue" if checkpoint else ""
+        raise TrainingInterrupted(f"encoder LoRA training interrupted at step {run['step']} of {config.steps}; the existing "
+                                  f"adapter is unchanged{where}") from None
     finally:
         bar.close()
     seconds = round(time.perf_counter() - started, 1)
-    manifest = {"config": config.model_dump(), "blocks": window.layers, "steps_done": len(losses), "stopped": stopped,
-                "wall_time_s": seconds, "seconds_per_step": round(seconds / max(len(losses), 1), 2), "loss_curve": losses,
-                "valid_curve": curve, "valid_ndcg10_stage1": round(stage1, 5), "best_step": best["step"],
+    losses, curve = run["losses"], run["curve"]
+    manifest = {"config": config.model_dump(), "blocks": window.layers, "steps_done": run["step"], "stopped": stopped,
+                "complete": run["step"] >= config.steps or checkpoint is None, "resumed": saved is not None,
+                "wall_time_s": seconds, "seconds_per_step": round(seconds / max(run["step"], 1), 2), "loss_curve": losses,
+                "valid_curve": curve, "valid_ndcg10_stage1": round(run["stage1"], 5), "best_step": best["step"],
                 "valid_ndcg10_kept": round(best["ndcg"], 5), "valid_ndcg10_max": round(max(c["valid_ndcg10"] for c in curve), 5),
                 "trainable_parameters": sum(p.numel() for p in window.parameters()),
                 "dtype": encoder.dtype,
                 "kept": best["lora"] is not None}
-    save = None
-    if best["lora"] is not None:
-        def save(folder: Path, lora=best["lora"]) -> None:
-            window.peft.load_state_dict(lora, strict=False)
-            window.peft.save_pretrained(str(folder))
-    return StageTwo(best["tower"], best["matrix"], manifest, save)
+    if best["lora"] is None:
+        return StageTwo(tower, vectors.matrix, manifest, None)
+
+    def save(folder: Path, lora=best["lora"]) -> None:
+        window.peft.load_state_dict(lora, strict=False)
+        window.peft.save_pretrained(str(folder))
+
+    return StageTwo(TwoTower(best["tower"], tower.config), best["matrix"], manifest, save)
+
+
+def _learning_key(config: EncoderLoraConfig, encoder: ItemEncoderConfig, tower: TwoTower, split) -> str:
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps([config.model_dump(exclude=BUDGET_FIELDS), encoder.model_dump(exclude={"batch_size"}),
+                                        split.fingerprint()]).encode())
+    for name in sorted(tower.tensors):
+        digest.update(np.ascontiguousarray(tower.tensors[name]).tobytes())
+    return digest.hexdigest()
+
+
+def _load_checkpoint(path: Path | None, key: str) -> dict:
+    import torch
+
+    if path is None or not path.is_file():
+        raise TrainingConflict(f"--resume: no encoder-LoRA checkpoint at {path}; start without --resume")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: one line, not a traceback
+        raise TrainingConflict(f"--resume: {path} is not a readable checkpoint ({type(exc).__name__}); start without --resume") from None
+    if saved.get("key") != key:
+        raise TrainingConflict(f"--resume: the checkpoint at {path} was made with another config, other data or other stage-1 "
+                               "towers; resume with the same settings, or start again without --resume")
+    return saved

@@ -160,16 +160,25 @@ def train_embedding(settings: Settings, args: argparse.Namespace) -> int:
     from llmrec.agents.encoder import ItemEncoderConfig
     from llmrec.agents.models import pick_dtype
 
-    if args.resume:
-        print("llmrec: note: an embedding adapter trains in about a minute; --resume is not needed and is ignored", file=sys.stderr)
+    if args.resume and not args.encoder_lora_steps:
+        print("llmrec: note: towers alone train in minutes and keep no checkpoint; --resume applies to --encoder-lora-steps "
+              "and is ignored", file=sys.stderr)
     options = {"batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_steps": args.steps, "max_minutes": args.minutes}
     encoder = ItemEncoderConfig(dtype=pick_dtype(settings.dtype), **({"layer": args.layer} if args.layer is not None else {}))
     if args.encoder_lora_steps < 0 or args.encoder_lora_blocks < 1:
         raise LLMRecError("--encoder-lora-steps must be 0 or more and --encoder-lora-blocks 1 or more")
-    lora = (EncoderLoraConfig(steps=args.encoder_lora_steps, blocks=args.encoder_lora_blocks, max_minutes=args.minutes, seed=settings.seed) if args.encoder_lora_steps else None)
+    lora = None
+    if args.encoder_lora_steps:
+        lora = EncoderLoraConfig(steps=args.encoder_lora_steps, blocks=args.encoder_lora_blocks, max_minutes=args.minutes, seed=settings.seed)
     config = EmbeddingTrainConfig(epochs=args.epochs, seeds=args.seeds, seed=settings.seed, encoder=encoder, candidates=settings.candidates,
                                   encoder_lora=lora, **{k: v for k, v in options.items() if v is not None})
-    path, manifest = train_embedding_adapter(settings, args.scenario, config)
+    path, manifest = train_embedding_adapter(settings, args.scenario, config, resume=args.resume and lora is not None)
+    if not manifest.get("complete", True):
+        two = manifest["encoder_lora"]
+        print(f"time budget reached at encoder-LoRA step {two['steps_done']} of {lora.steps} (validation NDCG@10 kept so far "
+              f"{two['valid_ndcg10_kept']:.4f}); checkpoint kept in {path}, the adapter unchanged: run again with --resume to "
+              "continue", file=sys.stderr)
+        return 0
     fusion = manifest["fusion"]
     w = "inf (retriever order)" if fusion["weight"] is None else f"{fusion['weight']:g}"
     seeds = manifest["seeds"]

@@ -106,3 +106,63 @@ def test_a_manifest_naming_a_missing_encoder_lora_is_refused(stage_two, tiny_hom
     shutil.rmtree(folder / LORA_FOLDER)
     with pytest.raises(AdapterMismatch, match="encoder LoRA"):
         load_embedding_ranker(spec, model_dir, list(dataset.items.values()), tiny_home, 1.0, progress=False)
+
+
+RESUMABLE = EncoderLoraConfig(steps=4, batch_size=256, learning_rate=1e-2, validate_every=1, keep="last")
+
+
+def _stage_one(tiny_home, model_dir, data):
+    dataset, split = data
+    encoder = ItemEncoderConfig(dtype="float32")
+    items = list(dataset.items.values())
+    vectors = item_vectors(model_dir, items, tiny_home, encoder, progress=False)
+    return items, vectors, train_towers(vectors, split, EmbeddingTrainConfig(epochs=1, seeds=1), progress=False).tower, encoder
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tiny_home, model_dir, data, tmp_path):
+    from llmrec.errors import TrainingConflict, TrainingInterrupted
+
+    _, split = data
+    items, vectors, tower, encoder = _stage_one(tiny_home, model_dir, data)
+    whole = train_encoder_lora(model_dir, items, vectors, tower, split, encoder, RESUMABLE, progress=False)
+
+    def stop_at_two(step, *_):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    checkpoint = tmp_path / "encoder-lora.pt"
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 2 of 4.*--resume"):
+        train_encoder_lora(model_dir, items, vectors, tower, split, encoder, RESUMABLE, progress=False, on_validated=stop_at_two,
+                           checkpoint=checkpoint)
+    with pytest.raises(TrainingConflict, match="another config"):
+        train_encoder_lora(model_dir, items, vectors, tower, split, encoder, RESUMABLE.model_copy(update={"rank": 4}), progress=False,
+                           checkpoint=checkpoint, resume=True)
+    resumed = train_encoder_lora(model_dir, items, vectors, tower, split, encoder, RESUMABLE, progress=False, checkpoint=checkpoint,
+                                 resume=True)
+    assert resumed.manifest["resumed"] and resumed.manifest["steps_done"] == 4 and resumed.manifest["complete"]
+    assert np.allclose(resumed.manifest["loss_curve"], whole.manifest["loss_curve"], atol=1e-4)
+    assert [c["step"] for c in resumed.manifest["valid_curve"]] == [0, 1, 2, 3, 4]
+    assert np.allclose(resumed.matrix, whole.matrix, atol=1e-4)
+    with pytest.raises(TrainingConflict, match="no encoder-LoRA checkpoint"):
+        train_encoder_lora(model_dir, items, vectors, tower, split, encoder, RESUMABLE, progress=False,
+                           checkpoint=tmp_path / "missing.pt", resume=True)
+
+
+def test_cli_time_budget_keeps_a_checkpoint_and_resume_publishes(tiny_home, model_dir, capsys):
+    from llmrec.cli import main
+
+    base = ["adapters", "train", "--objective", "embedding", "--epochs", "1", "--seeds", "1", "--encoder-lora-steps", "3",
+            "--home", str(tiny_home), "--model", model_dir, "--scenario", "tiny"]
+    folder = tiny_home / "scenarios" / "tiny" / "adapter-embedding"
+    before = read_manifest(folder)  # the adapter an earlier test published
+    assert main([*base, "--minutes", "0.0001"]) == 0
+    err = capsys.readouterr().err
+    assert "time budget reached at encoder-LoRA step 1 of 3" in err and "--resume" in err
+    assert read_manifest(folder) == before  # unchanged
+    resume_dir = folder.with_name(folder.name + ".resume")
+    assert (resume_dir / "encoder-lora.pt").is_file() and (resume_dir / "stage1.safetensors").is_file()
+    assert main([*base, "--resume"]) == 0
+    manifest = read_manifest(folder)
+    assert manifest["encoder_lora"]["resumed"] and manifest["encoder_lora"]["steps_done"] == 3 and not resume_dir.exists()
+    assert main([*base, "--resume"]) == 10  # nothing left to resume: one line, exit 10
+    assert "no stage-1 towers" in capsys.readouterr().err.strip().splitlines()[-1]
