@@ -80,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--adapter", help="an embedding adapter folder (default: train here)")
     parser.add_argument("--model", help="item encoder: a built-in alias (gemma3-270m, ...) or an HF folder (default: LLMREC_MODEL)")
+    parser.add_argument("--dataset", default="ml-100k", help="a built-in dataset (ml-100k, ml-1m) or a folder of atomic files")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--layer", type=int, default=None)
     parser.add_argument("--dtype", default="float32")
@@ -133,10 +134,10 @@ def main() -> None:
 
 
 def _setup(args):
-    """(home, ML-100K, its split, the resolved model, the hybrid fitted on the training prefixes)."""
+    """(home, the dataset (ML-100K by default), its split, the resolved model, the hybrid fitted on the training prefixes)."""
     settings = Settings(model=args.model) if args.model else Settings()
     home = settings.resolved_home()
-    dataset = load_dataset("ml-100k", home)
+    dataset = load_dataset(getattr(args, "dataset", "ml-100k"), home)
     split = LeaveOneOutSplit.from_dataset(dataset)
     model = resolve_model(settings.model, home)
     retriever = HybridRetriever(index=build_index(settings, dataset, progress=False)).fit(split.train_histories())
