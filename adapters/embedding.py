@@ -31,7 +31,7 @@ from llmrec.agents.encoder import (
 from llmrec.errors import DatasetError
 from llmrec.eval.split import LeaveOneOutSplit
 from llmrec.protocols import Retriever
-from llmrec.schemas import Item
+from llmrec.schemas import Item, UserHistory
 
 EMBEDDING_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, math.inf)
 """Finer than WEIGHT_GRID below 2: the two-tower's log-softmax is on a different scale than label logprobs."""
@@ -56,6 +56,9 @@ class EmbeddingTrainConfig(BaseModel):
         "two threads spun in OpenMP barriers (5 seeds took 100 CPU-s on one thread, over 15 CPU-min on two, unfinished)."))
     fusion_grid: tuple[float, ...] = EMBEDDING_GRID
     candidates: int = Field(default=20, ge=2, description="Retriever candidates the fusion weight is fitted on.")
+    short_history_items: int = Field(default=3, ge=0, description=(
+        "Histories of at most this many items get a fusion weight of their own, fitted and gated on validation targets "
+        "with each user's first N training items as history (0: one weight for all)."))
     encoder_lora: EncoderLoraConfig | None = Field(default=None, description=(
         "Stage 2: LoRA on the item encoder's blocks below the pooled layer, trained with the towers (None: frozen encoder)."))
 
@@ -233,11 +236,15 @@ class _Budget:
 
 
 def fit_fusion(ranker: EmbeddingRanker, catalog: dict[str, Item], split: LeaveOneOutSplit, retriever: Retriever,
-               config: EmbeddingTrainConfig, progress: bool = True) -> tuple[WeightFit, dict[str, float], int]:
-    """The fusion weight on validation targets among the retriever's candidates (`fit_weight`: gated by significance)."""
+               config: EmbeddingTrainConfig, progress: bool = True, first_items: int | None = None) -> tuple[WeightFit, dict[str, float], int]:
+    """The fusion weight on validation targets among the retriever's candidates (`fit_weight`: gated by significance);
+    `first_items`: with each user's first N training items as the history instead (the short-history weight)."""
     runs = []
-    for user in tqdm(split.valid_users(), desc="fusion fit (validation users)", unit="user", disable=not progress):
+    for user in tqdm(split.valid_users(), desc="fusion fit (validation users)" + (f", first {first_items} items" if first_items else ""),
+                     unit="user", disable=not progress):
         history = split.valid_history(user)
+        if first_items:
+            history = UserHistory(user_id=user, item_ids=split.train[user][:first_items])
         candidates = retriever.retrieve(history, config.candidates)
         scores = ranker.score_many([([catalog[i] for i in history.item_ids], candidates)])[0]
         runs.append(([c.item_id for c in candidates], scores, [c.retriever_rank for c in candidates], split.valid[user]))
@@ -275,7 +282,9 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
     With an encoder LoRA, `<adapter>.resume/` holds the stage-1 towers and stage 2's checkpoint until the adapter is
     published; `resume` continues from them. A time budget that ends stage 2 returns `manifest["complete"] = False`
     and changes nothing else."""
-    from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, load_scenario, save_scenario, user_scenario_path
+    from llmrec.adapters.scenario import (
+        AdapterSpec, FusionFit, FusionSpec, ShortHistoryFusion, load_scenario, save_scenario, user_scenario_path,
+    )
     from llmrec.agents.encoder import item_vectors
     from llmrec.agents.engines import display_name
     from llmrec.agents.models import resolve_model
@@ -312,6 +321,12 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
     fit, grid, users = fit_fusion(ranker, dataset.items, split, retriever, config, progress)
     fusion = {"weight": None if math.isinf(fit.weight) else fit.weight, "grid": grid, "users": users, "candidates": config.candidates,
               **fit.record()}
+    short = None
+    if config.short_history_items:
+        short_fit, short_grid, _ = fit_fusion(ranker, dataset.items, split, retriever, config, progress, config.short_history_items)
+        short = (short_fit, short_grid)
+        fusion["short_history"] = {"max_items": config.short_history_items, "weight": None if math.isinf(short_fit.weight) else short_fit.weight,
+                                   "grid": short_grid, **short_fit.record()}
     manifest = build_manifest(model, config, split, result, scenario=scenario_name, dataset=scenario.dataset,
                               item_vectors_s=round(vector_s, 1), fusion=fusion, valid_ndcg10_on_candidates_alone=grid["0.0"],
                               valid_ndcg10_fused=grid[_key(fit.weight)], valid_ndcg10_best_weight=grid[_key(fit.best)],
@@ -320,9 +335,15 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
     shutil.rmtree(resume_dir, ignore_errors=True)
     name = f"{scenario_name}-{OBJECTIVE}"
     scenario.adapter = AdapterSpec(name=name, path=str(out))
+    common = {"users": users, "model": display_name(model), "adapter": name, "adapter_sha256": folder_hash(out),
+              "permutations": settings.permutations}
     scenario.fusion = FusionSpec(weight=fusion["weight"], fitted_on=FusionFit(
-        split=f"{scenario.dataset} leave-one-out, validation targets", users=users, grid=grid, model=display_name(model),
-        adapter=name, adapter_sha256=folder_hash(out), permutations=settings.permutations, **fit.record()))
+        split=f"{scenario.dataset} leave-one-out, validation targets", grid=grid, **common, **fit.record()))
+    if short is not None:
+        scenario.fusion.short_history = ShortHistoryFusion(
+            max_items=config.short_history_items, weight=fusion["short_history"]["weight"], fitted_on=FusionFit(
+                split=f"{scenario.dataset} leave-one-out, validation targets, each user's first {config.short_history_items} "
+                      "training items as history", grid=short[1], **common, **short[0].record()))
     save_scenario(scenario, home)
     return out, manifest
 

@@ -46,9 +46,19 @@ class FusionFit(BaseModel):
     alpha: float | None = None
 
 
+class ShortHistoryFusion(BaseModel):
+    """A weight of its own for histories of at most `max_items` items, fitted (and gated) on validation targets with
+    each user's first `max_items` training items as history. It applies wherever the main weight does."""
+
+    max_items: int = Field(ge=1)
+    weight: float | None = Field(default=None, description="None: the retriever's order for short histories.")
+    fitted_on: FusionFit
+
+
 class FusionSpec(BaseModel):
     weight: float | None = Field(default=None, description="w in logprob - w*log(1+rank); None: not fitted, keep the retriever's order.")
     fitted_on: FusionFit | None = None
+    short_history: ShortHistoryFusion | None = None
 
     def effective_weight(self) -> float:
         return math.inf if self.weight is None else self.weight

@@ -48,17 +48,34 @@ def fuse(logprobs: Sequence[float], retriever_ranks: Sequence[int], weight: floa
     return [lp - weight * math.log1p(rank) for lp, rank in zip(logprobs, retriever_ranks)]
 
 
+@dataclass(frozen=True)
+class ShortHistoryWeight:
+    """The fusion weight for histories of at most `max_items` items, fitted apart from the main one."""
+
+    max_items: int
+    weight: float
+
+
+def weight_for(scores: LLMScores, weight: float, short: ShortHistoryWeight | None) -> float:
+    """`short.weight` for a history of at most `short.max_items` items (as the scores counted it), else `weight`."""
+    if short is not None and scores.history_used + scores.history_dropped <= short.max_items:
+        return short.weight
+    return weight
+
+
 class FusedRanking:
     """`rank_scored` and `rank` for every scoring ranker: its scores fused with the retriever rank by
-    `config.fusion_weight`, ties to the better retriever rank. Subclasses give `score_many` and `config`."""
+    `config.fusion_weight` (or `short_history`'s weight for a short history), ties to the better retriever rank.
+    Subclasses give `score_many` and `config`."""
 
     config: Any
+    short_history: ShortHistoryWeight | None = None
 
     def score_many(self, requests: Sequence[tuple[Sequence[Item], Sequence[Candidate]]]) -> list[LLMScores]:
         raise NotImplementedError
 
     def rank_scored(self, candidates: Sequence[Candidate], scores: LLMScores) -> list[RankedItem]:
-        fused = fuse(scores.logprobs, [c.retriever_rank for c in candidates], self.config.fusion_weight)
+        fused = fuse(scores.logprobs, [c.retriever_rank for c in candidates], weight_for(scores, self.config.fusion_weight, self.short_history))
         order = sorted(range(len(candidates)), key=lambda i: (-fused[i], candidates[i].retriever_rank))
         return [RankedItem(item_id=candidates[i].item_id, rank=r, score=fused[i], llm_logprob=scores.logprobs[i],
                            retriever_rank=candidates[i].retriever_rank) for r, i in enumerate(order)]

@@ -102,7 +102,8 @@ def _variants(pipeline) -> list[LLMVariant]:
     if not isinstance(pipeline.ranker, LLMRanker):
         weight, note = pipeline.ranker.config.fusion_weight, pipeline.fusion_note
         return [LLMVariant("embedding", pipeline.ranker, {"llmrec-embedding": weight, **({"embedding-only": 0.0} if weight != 0 else {})},
-                           adapter=pipeline.scenario.adapter, descriptions={"llmrec-embedding": note} if note else {})]
+                           adapter=pipeline.scenario.adapter, descriptions={"llmrec-embedding": note} if note else {},
+                           short=pipeline.ranker.short_history)]
     scenario, model, permutations = pipeline.scenario, pipeline.engine.model_name, pipeline.ranker.config.permutations
     weight, note = scenario.fusion.weight_for(model, None, permutations, scenario.name)
     base = LLMRanker(pipeline.engine, pipeline.dataset.items, pipeline.ranker.prompts, pipeline.ranker.config, adapter=None)
@@ -113,6 +114,11 @@ def _variants(pipeline) -> list[LLMVariant]:
         out.append(LLMVariant("lora", pipeline.ranker, {"llmrec-lora": weight, **({"llm-only-lora": 0.0} if weight != 0 else {})},
                               adapter=scenario.adapter, descriptions={"llmrec-lora": note} if note else {}))
     return out
+
+
+def _short(variant: LLMVariant, weight: float):
+    """The variant's short-history weight for its fused methods; none for the LLM-alone ones (w = 0)."""
+    return variant.short if weight != 0 else None
 
 
 def _dataset_summary(dataset) -> dict:
@@ -244,7 +250,7 @@ class _Run:
             scores, secs = methods.score_all(variant.ranker, self.catalog, self.cases, self.head, self.config.batch,
                                              f"LLM rerank ({variant.label})", self.progress)
             for name, weight in variant.weights.items():
-                self.rankings[name] = methods.rerank_head(self.head, self.rankings["hybrid"], scores, weight)
+                self.rankings[name] = methods.rerank_head(self.head, self.rankings["hybrid"], scores, weight, _short(variant, weight))
                 self.descriptions[name] = _describe(name, weight, variant, n)
             tokens = [s.prompt_tokens for s in scores.values()]
             self.cost[f"rank_s_per_user ({variant.label}, batches of {self.config.batch})"] = _seconds(secs)
@@ -267,7 +273,7 @@ class _Run:
             scores, _ = methods.score_all(variant.ranker, self.catalog, cases, head, self.config.batch,
                                           f"cold start: LLM ({variant.label})", self.progress)
             for name, weight in variant.weights.items():
-                rankings[name] = methods.rerank_head(head, rankings["hybrid"], scores, weight)
+                rankings[name] = methods.rerank_head(head, rankings["hybrid"], scores, weight, _short(variant, weight))
         rankings["oracle"] = methods.oracle(head, rankings["hybrid"], self.targets)
         self.cold = {"items": keep, "rankings": rankings, "head": head}
 
@@ -322,7 +328,7 @@ class _Run:
             scores, _ = methods.score_all(variant.ranker, self.catalog, self.cases, head, self.config.batch,
                                           f"sampled: LLM ({variant.label})", self.progress)
             for name, weight in variant.weights.items():
-                self.sampled[name] = methods.rerank_head(head, self.sampled["hybrid"], scores, weight)
+                self.sampled[name] = methods.rerank_head(head, self.sampled["hybrid"], scores, weight, _short(variant, weight))
 
     def _position_bias(self) -> None:
         eligible = [c for c in self.cases if c.target in {x.item_id for x in self.head[c.user_id]}]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from llmrec.agents.ranker import LLMScores, fuse
+from llmrec.agents.ranker import LLMScores, ShortHistoryWeight, fuse, weight_for
 from llmrec.protocols import AdapterRef, Retriever, ScoringRanker
 from llmrec.schemas import Candidate, Item, UserHistory
 
@@ -49,6 +49,8 @@ class LLMVariant:
     ranker: ScoringRanker
     weights: dict[str, float]
     adapter: AdapterRef | None = None
+    short: ShortHistoryWeight | None = None
+    """Applied to the fused methods (weight != 0), as the ranker does."""
     descriptions: dict[str, str] = field(default_factory=dict)
 
 
@@ -109,11 +111,12 @@ def score_all(ranker: ScoringRanker, catalog: Mapping[str, Item], cases: Sequenc
 
 
 def rerank_head(head: Mapping[str, Sequence[Candidate]], tails: Mapping[str, Sequence[str]],
-                scores: Mapping[str, LLMScores], weight: float) -> Rankings:
-    """Reranked candidates followed by the rest of the retriever's list (positions after the head)."""
+                scores: Mapping[str, LLMScores], weight: float, short: ShortHistoryWeight | None = None) -> Rankings:
+    """Reranked candidates followed by the rest of the retriever's list (positions after the head); `short`: the
+    weight for short histories, as the ranker applies it."""
     out: Rankings = {}
     for user, cands in head.items():
-        reranked = fused_order(cands, scores[user], weight)
+        reranked = fused_order(cands, scores[user], weight_for(scores[user], weight, short))
         head_ids = set(reranked)
         out[user] = reranked + [i for i in tails[user] if i not in head_ids]
     return out

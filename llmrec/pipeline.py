@@ -6,6 +6,7 @@ an empty history gets popular, genre-diverse items; rejected explanations get gr
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from llmrec.agents.likelihood import LikelihoodRanker, LikelihoodRankerConfig, s
 from llmrec.agents.models import pick_dtype, resolve_model
 from llmrec.agents.pointwise import OBJECTIVE as POINTWISE
 from llmrec.agents.pointwise import PointwiseRanker, PointwiseRankerConfig
-from llmrec.agents.ranker import LLMRanker, LLMRankerConfig, retriever_order
+from llmrec.agents.ranker import LLMRanker, LLMRankerConfig, ShortHistoryWeight, retriever_order
 from llmrec.errors import ChromaUnavailable, DatasetError, EmptyHistory, LLMRecError, LLMUnavailable, UnknownItem
 from llmrec.eval.split import LeaveOneOutSplit
 from llmrec.prompts import ExplainPromptBuilder, ExplainPromptConfig, RankPromptBuilder, RankPromptConfig
@@ -240,6 +241,9 @@ def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_h
         verify_adapter(engine, lora)  # in process and on a server alike (exit 6)
     weight, fusion_note = scenario.fusion.weight_for(engine.model_name, adapter, settings.permutations, scenario.name)
     ranker = _ranker(settings, scenario, dataset, engine, objective, weight, progress)
+    short = scenario.fusion.short_history
+    if short is not None and fusion_note is None:  # fitted with the main weight, for this model and adapter
+        ranker.short_history = ShortHistoryWeight(short.max_items, math.inf if short.weight is None else short.weight)
     validator = GroundingValidator(dataset.items.values())
     # Only a listwise adapter reaches the explainer: the others were trained to score, not to write.
     explainer = LLMExplainer(engine, ExplainPromptBuilder(ExplainPromptConfig(domain=scenario.domain)), validator,

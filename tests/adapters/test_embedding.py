@@ -60,6 +60,11 @@ def test_training_writes_the_adapter_folder_and_the_scenario(trained, model_dir)
     assert (fit.best_weight is None) == (max(grid, key=lambda w: (grid[w], math.inf if w == "inf" else float(w))) == "inf")
     # the best weight ships only with a significant validation gain over the retriever's order
     assert (trained.fusion.weight is None) == (fit.best_weight is None or fit.p_value >= fit.alpha)
+    # histories of at most 3 items get a weight of their own, fitted the same way on 3-item validation histories
+    short = trained.fusion.short_history
+    assert short.max_items == 3 and "first 3 training items" in short.fitted_on.split and short.fitted_on.users == fit.users
+    assert (short.weight is None) == (short.fitted_on.best_weight is None or short.fitted_on.p_value >= short.fitted_on.alpha)
+    assert manifest["fusion"]["short_history"]["grid"] == short.fitted_on.grid
 
 
 def test_reloaded_adapter_gives_identical_scores(tiny_home, model_dir, tmp_path):
@@ -93,8 +98,14 @@ def test_pipeline_ranks_with_the_adapter_and_never_hands_it_to_the_llm(trained, 
     from llmrec.testing import ScriptedEngine
 
     engine = ScriptedEngine()
+    engine.model_name = trained.fusion.fitted_on.model  # the weights were fitted for this model's name
     pipeline = build_pipeline(Settings(home=tiny_home, model=model_dir), "tiny", engine=engine, progress=False)
     assert isinstance(pipeline.ranker, EmbeddingRanker) and pipeline.explainer.adapter is None
+    short = trained.fusion.short_history
+    assert pipeline.fusion_note is None and pipeline.ranker.short_history.max_items == 3
+    assert pipeline.ranker.short_history.weight == (math.inf if short.weight is None else short.weight)
+    engine.model_name = "another-model"  # a fit for another model applies to neither weight
+    assert build_pipeline(Settings(home=tiny_home, model=model_dir), "tiny", engine=engine, progress=False).ranker.short_history is None
     user = pipeline.dataset.users()[0]
     pipeline.ranker.config = pipeline.ranker.config.model_copy(update={"fusion_weight": 0.0})  # the towers alone
     ranked = pipeline.recommend(RecommendRequest(user_id=user, k=20)).recommendations
