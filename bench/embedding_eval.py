@@ -21,7 +21,7 @@ import time
 from llmrec.adapters.embedding import EmbeddingTrainConfig, train_towers
 from llmrec.adapters.fit import best_weight, choose_weight, fit_weight
 from llmrec.adapters.scenario import AdapterSpec
-from llmrec.agents.encoder import EmbeddingRanker, ItemEncoderConfig, TwoTowerConfig, item_vectors, load_two_tower
+from llmrec.agents.encoder import EmbeddingRanker, ItemEncoderConfig, ItemVectors, TwoTowerConfig, item_vectors, load_two_tower
 from llmrec.agents.models import resolve_model
 from llmrec.eval import methods, stats
 from llmrec.eval.split import LeaveOneOutSplit
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--adapter", help="an embedding adapter folder (default: train here)")
     parser.add_argument("--model", help="item encoder: a built-in alias (gemma3-270m, ...) or an HF folder (default: LLMREC_MODEL)")
     parser.add_argument("--dataset", default="ml-100k", help="a built-in dataset (ml-100k, ml-1m) or a folder of atomic files")
+    parser.add_argument("--control", choices=["random"], help="random: seeded Gaussian item vectors of the same shape instead of "
+                                                             "the LLM's (the same towers with no item text: what the LLM adds)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--layer", type=int, default=None)
     parser.add_argument("--dtype", default="float32")
@@ -107,6 +109,11 @@ def main() -> None:
         encoder = ItemEncoderConfig(layer=args.layer, dtype=args.dtype)
         vectors = item_vectors(model, list(dataset.items.values()), home, encoder)
         print(f"item vectors {vectors.matrix.shape} from {model} in {time.perf_counter() - started:.1f} s (cached in {home}/item-vectors)", flush=True)
+        if args.control == "random":
+            import numpy as np
+
+            vectors = ItemVectors(vectors.ids, np.random.default_rng(0).standard_normal(vectors.matrix.shape).astype(np.float32))
+            print("CONTROL: seeded Gaussian item vectors instead of the LLM's", flush=True)
         config = EmbeddingTrainConfig(encoder=encoder, epochs=args.epochs, seeds=args.seeds, tower=TwoTowerConfig(dim=args.dim))
         result = train_towers(vectors, split, config, progress=True)
         tower = result.tower
