@@ -80,8 +80,10 @@ def test_a_time_budget_stops_early_with_a_checkpoint_and_no_swap(model_dir, exam
 
 def test_sigint_to_a_real_training_process_is_one_line_exit_130_and_keeps_the_old_adapter(model_dir, existing):
     script = textwrap.dedent(f"""
-        import sys
+        import signal, sys
         from pathlib import Path
+        # Ctrl-C as a user's terminal delivers it: a shell's background job (CI) starts with SIGINT ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from llmrec.adapters.train import LoraTrainConfig, RankingExample, train_lora
         from llmrec.agents.engines import TokenizerFormatter
         from llmrec.errors import LLMRecError
