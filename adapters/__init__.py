@@ -1,1 +1,1 @@
-"""Scenarios and their LoRA adapters: specs, PEFT training, registry."""
+"""The adapter workshop: one LoRA loop, one trainer per objective, fusion-weight fitting with its significance gate."""

@@ -23,14 +23,15 @@ from tqdm.auto import tqdm
 
 from llmrec.adapters.encoder_lora import LORA_FOLDER, EncoderLoraConfig, train_encoder_lora
 from llmrec.adapters.fit import WeightFit, fit_weight
-from llmrec.adapters.train import swap_in
-from llmrec.agents.encoder import (
-    ITEM_TEXT_VERSION, OBJECTIVE, TENSORS, WEIGHTS_FILE, EmbeddingRanker, ItemEncoderConfig,
-    ItemVectors, TwoTower, TwoTowerConfig, history_weights, model_identity,
-)
+from llmrec.adapters.loop import swap_in
+from llmrec.adapters.towers_data import Examples, next_item_examples, validation_ndcg
+from llmrec.data.split import LeaveOneOutSplit
+from llmrec.engines.encoder import ITEM_TEXT_VERSION, ItemEncoderConfig, ItemVectors
 from llmrec.errors import DatasetError
-from llmrec.eval.split import LeaveOneOutSplit
+from llmrec.manifest import model_identity
+from llmrec.objectives import EMBEDDING as OBJECTIVE
 from llmrec.protocols import Retriever
+from llmrec.ranking.embedding import TENSORS, WEIGHTS_FILE, EmbeddingRanker, TwoTower, TwoTowerConfig
 from llmrec.schemas import Item, UserHistory
 
 EMBEDDING_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, math.inf)
@@ -63,30 +64,6 @@ class EmbeddingTrainConfig(BaseModel):
         "Stage 2: LoRA on the item encoder's blocks below the pooled layer, trained with the towers (None: frozen encoder)."))
 
 
-@dataclass(frozen=True)
-class Examples:
-    """Next-item examples as arrays: history rows (-1 = padding), their weights, the target row."""
-
-    history: np.ndarray
-    weights: np.ndarray
-    target: np.ndarray
-
-
-def next_item_examples(histories: dict[str, Sequence[str]], row: dict[str, int], config: TwoTowerConfig) -> Examples:
-    """Every position p >= 1 of every history: the `history_items` items before p -> item p."""
-    width = config.history_items
-    hist, weights, target = [], [], []
-    for items in histories.values():
-        rows = [row[i] for i in items if i in row]
-        for p in range(1, len(rows)):
-            prefix = rows[max(0, p - width) : p]
-            hist.append([-1] * (width - len(prefix)) + prefix)
-            weights.append([0.0] * (width - len(prefix)) + history_weights(len(prefix), config.decay).tolist())
-            target.append(rows[p])
-    return Examples(np.array(hist, dtype=np.int64).reshape(-1, width), np.array(weights, dtype=np.float32).reshape(-1, width),
-                    np.array(target, dtype=np.int64))
-
-
 def _standardisation(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matrix.mean(0).astype(np.float32), (matrix.std(0) + 1e-6).astype(np.float32)
 
@@ -116,22 +93,6 @@ class _Towers:
                    "user_weight": self.user.weight.detach().T.contiguous().numpy().copy(), "user_bias": self.user.bias.detach().numpy().copy(),
                    "item_weight": self.item.weight.detach().T.contiguous().numpy().copy(), "item_bias": self.item.bias.detach().numpy().copy()}
         return TwoTower({k: tensors[k] for k in TENSORS}, self.config)
-
-
-def validation_ndcg(tower: TwoTower, vectors: ItemVectors, split: LeaveOneOutSplit, k: int = 10) -> float:
-    """Mean NDCG@k of the validation targets, full ranking over items unseen in each training prefix."""
-    ranker = EmbeddingRanker(tower, vectors)
-    total, users = 0.0, split.valid_users()
-    for user in users:
-        scores = ranker.catalog_scores(split.train[user])
-        if scores is None:
-            continue
-        seen = [ranker.row[i] for i in split.train[user] if i in ranker.row]
-        scores[seen] = -np.inf
-        target = scores[ranker.row[split.valid[user]]] if split.valid[user] in ranker.row else -np.inf
-        rank = int((scores > target).sum())
-        total += 1.0 / math.log2(rank + 2) if rank < k else 0.0
-    return total / max(len(users), 1)
 
 
 @dataclass
@@ -282,16 +243,22 @@ def train_embedding_adapter(settings, scenario_name: str, config: EmbeddingTrain
     With an encoder LoRA, `<adapter>.resume/` holds the stage-1 towers and stage 2's checkpoint until the adapter is
     published; `resume` continues from them. A time budget that ends stage 2 returns `manifest["complete"] = False`
     and changes nothing else."""
-    from llmrec.adapters.scenario import (
-        AdapterSpec, FusionFit, FusionSpec, ShortHistoryFusion, load_scenario, save_scenario, user_scenario_path,
-    )
-    from llmrec.agents.encoder import item_vectors
-    from llmrec.agents.engines import display_name
-    from llmrec.agents.models import resolve_model
     from llmrec.assets import folder_hash
+    from llmrec.data.datasets import load_dataset
+    from llmrec.engines.encoder import item_vectors
+    from llmrec.engines.models import resolve_model
+    from llmrec.manifest import display_name
     from llmrec.pipeline import build_index
-    from llmrec.retrieval.datasets import load_dataset
     from llmrec.retrieval.retrievers import HybridRetriever
+    from llmrec.scenario import (
+        AdapterSpec,
+        FusionFit,
+        FusionSpec,
+        ShortHistoryFusion,
+        load_scenario,
+        save_scenario,
+        user_scenario_path,
+    )
 
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)

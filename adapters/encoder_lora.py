@@ -32,8 +32,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from llmrec.agents.encoder import ItemEncoderConfig, ItemVectors, TwoTower, item_text, pooled_layer
+from llmrec.engines.encoder import ItemEncoderConfig, ItemVectors, item_text, pooled_layer
 from llmrec.errors import TrainingConflict, TrainingInterrupted
+from llmrec.ranking.embedding import TwoTower
 from llmrec.schemas import Item
 
 LORA_FOLDER = "encoder-lora"
@@ -153,7 +154,7 @@ def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, 
     """
     import torch
 
-    from llmrec.adapters.embedding import next_item_examples, validation_ndcg
+    from llmrec.adapters.towers_data import next_item_examples, validation_ndcg
 
     torch.manual_seed(config.seed)
     assert tuple(item.item_id for item in items) == vectors.ids, "items must be in the vectors' order"

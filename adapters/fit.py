@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, Scenario, load_scenario, user_scenario_path
-from llmrec.adapters.train import LoraTrainConfig, RankingExample, train_lora
-from llmrec.agents.engines import base_model_sha256
-from llmrec.agents.ranker import LLMScores, fuse
+from llmrec.adapters.loop import LoraTrainConfig, RankingExample, train_lora
 from llmrec.assets import folder_hash
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval.metrics import ndcg_at
-from llmrec.eval.split import LeaveOneOutSplit
+from llmrec.manifest import base_model_sha256
+from llmrec.protocols import LLMScores
+from llmrec.ranking.fusion import fuse
+from llmrec.scenario import AdapterSpec, FusionFit, FusionSpec, Scenario, load_scenario, user_scenario_path
 from llmrec.settings import Settings
 
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
@@ -88,9 +89,9 @@ def fit_weight(runs: Sequence[tuple[Sequence[str], LLMScores, Sequence[int], str
 
 def fit_fusion_weight(settings: Settings, scenario_name: str, users: int = 300, batch: int = 16,
                       engine=None) -> tuple[Scenario, dict[str, float]]:
-    from llmrec.commands import sample
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.sampling import sample
     from llmrec.pipeline import build_pipeline
-    from llmrec.retrieval.datasets import load_dataset
 
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)
@@ -125,12 +126,12 @@ def ranking_examples(settings: Settings, scenario_name: str, n: int) -> tuple[li
     The true item replaces a random candidate when the retriever missed it, so its label position
     carries no signal; the retriever is fitted on training histories only.
     """
-    from llmrec.agents.engines import TokenizerFormatter
-    from llmrec.agents.models import resolve_model
+    from llmrec.data.datasets import load_dataset
+    from llmrec.engines.models import resolve_model
+    from llmrec.engines.vllm import TokenizerFormatter
     from llmrec.pipeline import build_index
     from llmrec.prompts import RankPromptBuilder, RankPromptConfig
     from llmrec.prompts.builders import LABELS
-    from llmrec.retrieval.datasets import load_dataset
     from llmrec.retrieval.retrievers import HybridRetriever
     from llmrec.schemas import UserHistory
 
@@ -164,7 +165,7 @@ def train_scenario_adapter(settings: Settings, scenario_name: str, config: LoraT
     """Train the scenario's listwise adapter, then fit its fusion weight on `fit_users` validation users (0: leave it
     unfitted, so the adapter's ranking keeps the retriever's order until `llmrec fit-fusion`). The scenario file
     changes only when the run completes; the weight's grid goes into the adapter's manifest."""
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
 
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)
@@ -183,7 +184,7 @@ def adopt(settings: Settings, scenario: Scenario, out: Path, manifest: dict, fit
     """Make the finished LoRA adapter in `out` the scenario's, then fit its fusion weight on `fit_users` validation
     users (0: leave it unfitted, so it keeps the retriever's order until `llmrec fit-fusion`); the grid and the
     validation NDCG@10 fused, alone and in retriever order join the manifest."""
-    from llmrec.adapters.scenario import save_scenario
+    from llmrec.scenario import save_scenario
 
     home = settings.resolved_home()
     scenario.adapter = AdapterSpec(name=scenario.name, path=str(out))

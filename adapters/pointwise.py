@@ -32,15 +32,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from llmrec.adapters.fit import best_weight, choose_weight, fit_weight
-from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, load_scenario, save_scenario, user_scenario_path
-from llmrec.adapters.train import LoraTrainConfig, RankingExample, train_lora
-from llmrec.agents.pointwise import OBJECTIVE, PointwiseRanker
-from llmrec.agents.ranker import LLMScores
+from llmrec.adapters.loop import LoraTrainConfig, RankingExample, train_lora
+from llmrec.data.catalog import Dataset
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.errors import LLMRecError
-from llmrec.eval.split import LeaveOneOutSplit
+from llmrec.objectives import POINTWISE as OBJECTIVE
 from llmrec.prompts.builders import ANSWERS, PointwisePromptBuilder, PointwisePromptConfig
-from llmrec.protocols import AdapterRef, LLMEngine, Retriever
-from llmrec.retrieval.catalog import Dataset
+from llmrec.protocols import AdapterRef, LLMEngine, LLMScores, Retriever
+from llmrec.ranking.pointwise import PointwiseRanker
+from llmrec.scenario import AdapterSpec, FusionFit, FusionSpec, load_scenario, save_scenario, user_scenario_path
 from llmrec.schemas import Candidate, UserHistory
 from llmrec.settings import Settings
 
@@ -78,10 +78,10 @@ class Context:
 
     @classmethod
     def load(cls, settings: Settings, scenario_name: str, progress: bool = True) -> Context:
-        from llmrec.agents.engines import TokenizerFormatter
-        from llmrec.agents.models import resolve_model
+        from llmrec.data.datasets import load_dataset
+        from llmrec.engines.models import resolve_model
+        from llmrec.engines.vllm import TokenizerFormatter
         from llmrec.pipeline import build_index
-        from llmrec.retrieval.datasets import load_dataset
         from llmrec.retrieval.retrievers import HybridRetriever
 
         home = settings.resolved_home()
@@ -128,7 +128,7 @@ def position_items(context: Context, user: str, p: int, negatives: int, rng: ran
 def validate(context: Context, engine: LLMEngine, adapter: AdapterRef | None, users: int, batch: int = 2,
              progress: bool = True) -> dict:
     """Yes-scores of seeded validation users' candidates (and their target): AUC, NDCG@10 alone / fused (see the module doc)."""
-    from llmrec.commands import sample
+    from llmrec.data.sampling import sample
 
     settings, split, items = context.settings, context.split, context.dataset.items
     ranker = PointwiseRanker(engine, items, context.prompts, adapter=adapter)
@@ -197,8 +197,8 @@ def train_pointwise_adapter(settings: Settings, scenario_name: str, config: Lora
     The adapter goes to `<home>/scenarios/<scenario>/adapter-pointwise`. `engine` (default: a new in-process
     one with one LoRA slot) scores the validation users.
     """
-    from llmrec.agents.engines import base_model_sha256
     from llmrec.assets import folder_hash
+    from llmrec.manifest import base_model_sha256
     from llmrec.pipeline import make_engine
 
     home = settings.resolved_home()

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from pydantic import Field
 
-from llmrec.adapters.train import LoraTrainConfig, train_lora
-from llmrec.agents.likelihood import OBJECTIVE
+from llmrec.adapters.loop import LoraTrainConfig, train_lora
 from llmrec.errors import LLMRecError
+from llmrec.objectives import SEQUENCE as OBJECTIVE
 from llmrec.prompts.builders import SequencePromptBuilder, SequencePromptConfig
 from llmrec.settings import Settings
 
@@ -80,11 +80,11 @@ def data_fingerprint(examples: Sequence[SequenceExample]) -> str:
 
 def sequence_examples(settings: Settings, scenario_name: str, window: int) -> tuple[list[SequenceExample], str, SequencePromptConfig]:
     """Every window of every training prefix, encoded with the base model's tokenizer; and the prompt config used."""
-    from llmrec.adapters.scenario import load_scenario
-    from llmrec.agents.engines import TokenizerFormatter
-    from llmrec.agents.models import resolve_model
-    from llmrec.eval.split import LeaveOneOutSplit
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.split import LeaveOneOutSplit
+    from llmrec.engines.models import resolve_model
+    from llmrec.engines.vllm import TokenizerFormatter
+    from llmrec.scenario import load_scenario
 
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)
@@ -148,10 +148,10 @@ def train_scenario_sequence_adapter(settings: Settings, scenario_name: str, conf
     The scenario file changes only when the run completes; the fit's grid goes into the manifest.
     """
     from llmrec.adapters.fit import adopt
-    from llmrec.adapters.scenario import load_scenario, user_scenario_path
-    from llmrec.agents.engines import base_model_sha256
-    from llmrec.eval.split import LeaveOneOutSplit
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.split import LeaveOneOutSplit
+    from llmrec.manifest import base_model_sha256
+    from llmrec.scenario import load_scenario, user_scenario_path
 
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)

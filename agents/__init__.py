@@ -1,1 +1,1 @@
-"""LLM engines (vLLM in-process, OpenAI-compatible server), the ranker, the explainer and the conversational agent."""
+"""The conversational recommender: a LangGraph graph whose steps and LangChain tools call the one recommendation path."""

@@ -44,7 +44,7 @@ def compact_json_grammar(schema: dict) -> str:
 def generate_structured(engine: Any, prompts: Sequence[str], structured: dict, max_tokens: int, temperature: float = 0.0) -> list[str]:
     """Constrained generation on llmrec's engines; an engine without vLLM (a test double) generates freely
     and leaves the checking to the caller's validation."""
-    from llmrec.agents.engines import InProcessVLLM, ServerVLLM
+    from llmrec.engines.vllm import InProcessVLLM, ServerVLLM
 
     if isinstance(engine, InProcessVLLM):
         from vllm import SamplingParams

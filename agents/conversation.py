@@ -35,7 +35,7 @@ from llmrec.agents.constraints import Constraints, accumulate, apply_era
 from llmrec.agents.feedback import FeedbackEvent, FeedbackStore
 from llmrec.agents.titles import TitleResolver
 from llmrec.agents.tools import Recommended, Stages, StagesConfig
-from llmrec.agents.understand import TurnReading, Understander, UnderstandConfig, decades
+from llmrec.agents.understand import TurnReading, UnderstandConfig, Understander, decades
 from llmrec.errors import LLMRecError, LLMUnavailable
 from llmrec.prompts.safety import looks_like_instruction
 from llmrec.schemas import Candidate

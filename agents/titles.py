@@ -16,9 +16,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmrec.agents.grounding import _ARTICLE_WORDS as _ARTICLES
-from llmrec.agents.grounding import _ascii, _title_forms
 from llmrec.errors import ChromaUnavailable
+from llmrec.explain.grounding import _ARTICLE_WORDS as _ARTICLES
+from llmrec.explain.grounding import _ascii, _title_forms
 from llmrec.retrieval.index import CatalogIndex
 from llmrec.schemas import Item
 

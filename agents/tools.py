@@ -20,11 +20,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.agents.constraints import Constraints
-from llmrec.agents.evidence import CoWatch, evidence
 from llmrec.agents.feedback import FeedbackEvent, FeedbackStore, Profile
-from llmrec.agents.ranker import retriever_order
 from llmrec.agents.titles import TitleResolver
 from llmrec.errors import ChromaUnavailable, LLMUnavailable, UnknownItem, UnknownUser
+from llmrec.explain.evidence import CoWatch, evidence
+from llmrec.ranking.fusion import retriever_order
 from llmrec.retrieval.index import CatalogIndex
 from llmrec.schemas import Candidate, Item, UserHistory
 

@@ -25,7 +25,7 @@ import time
 def cold_cli(user: str) -> dict:
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="llmrec-inductor-")}
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "llmrec.cli", "recommend", "--user", user, "--json"],
+    done = subprocess.run([sys.executable, "-m", "llmrec.entrypoints.cli", "recommend", "--user", user, "--json"],
                           capture_output=True, text=True, env=env, check=False)
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -57,8 +57,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=8)
     args = parser.parse_args()
-    from llmrec.commands import sample
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.sampling import sample
     from llmrec.settings import Settings
 
     users = sample([u for u in load_dataset("ml-100k", Settings().resolved_home()).users() if u != "196"], args.users + 1, seed=3)

@@ -20,14 +20,15 @@ import time
 
 from llmrec.adapters.embedding import EmbeddingTrainConfig, train_towers
 from llmrec.adapters.fit import best_weight, choose_weight, fit_weight
-from llmrec.adapters.scenario import AdapterSpec
-from llmrec.agents.encoder import EmbeddingRanker, ItemEncoderConfig, ItemVectors, TwoTowerConfig, item_vectors, load_two_tower
-from llmrec.agents.models import resolve_model
+from llmrec.data.datasets import load_dataset
+from llmrec.data.split import LeaveOneOutSplit
+from llmrec.engines.encoder import ItemEncoderConfig, ItemVectors, item_vectors
+from llmrec.engines.models import resolve_model
 from llmrec.eval import methods, stats
-from llmrec.eval.split import LeaveOneOutSplit
 from llmrec.pipeline import build_index
-from llmrec.retrieval.datasets import load_dataset
+from llmrec.ranking.embedding import EmbeddingRanker, TwoTowerConfig, load_two_tower
 from llmrec.retrieval.retrievers import HybridRetriever
+from llmrec.scenario import AdapterSpec
 from llmrec.schemas import UserHistory
 from llmrec.settings import Settings
 
@@ -183,7 +184,7 @@ def curve(args) -> None:
 def lora_curve(args) -> None:
     """Test NDCG@10 (fused, alone; paired p against the hybrid) against encoder-LoRA steps, w refitted on validation at each."""
     from llmrec.adapters.encoder_lora import EncoderLoraConfig, train_encoder_lora
-    from llmrec.agents.encoder import ItemVectors
+    from llmrec.engines.encoder import ItemVectors
 
     home, dataset, split, model, retriever = _setup(args)
     encoder = ItemEncoderConfig(layer=args.layer, dtype=args.dtype)

@@ -33,15 +33,15 @@ def score(retriever, split, part: str, users, desc: str) -> dict[str, list[float
 
 
 def main() -> None:
-    from llmrec.adapters.scenario import load_scenario
-    from llmrec.agents.encoder import load_embedding_ranker
-    from llmrec.agents.encoder_retriever import EncoderRetriever, exact_top
-    from llmrec.agents.models import resolve_model
     from llmrec.assets import folder_hash
-    from llmrec.eval.split import LeaveOneOutSplit
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.split import LeaveOneOutSplit
+    from llmrec.engines.models import resolve_model
     from llmrec.pipeline import build_index
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.ranking.embedding import load_embedding_ranker
+    from llmrec.retrieval.encoder_retriever import EncoderRetriever, exact_top
     from llmrec.retrieval.retrievers import HybridConfig, HybridRetriever
+    from llmrec.scenario import load_scenario
     from llmrec.settings import Settings
 
     parser = argparse.ArgumentParser()

@@ -27,7 +27,7 @@ def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     from tqdm.auto import tqdm
 
-    from llmrec.commands import sample
+    from llmrec.data.sampling import sample
     from llmrec.pipeline import build_pipeline
     from llmrec.schemas import RecommendRequest
     from llmrec.settings import Settings

@@ -21,14 +21,14 @@ import time
 
 def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    from llmrec.adapters.scenario import load_scenario
-    from llmrec.agents.encoder import load_embedding_ranker
-    from llmrec.agents.likelihood import LikelihoodRanker
-    from llmrec.agents.models import pick_dtype, resolve_model
-    from llmrec.agents.pointwise import PointwiseRanker
-    from llmrec.commands import sample
+    from llmrec.data.sampling import sample
+    from llmrec.engines.models import pick_dtype, resolve_model
     from llmrec.pipeline import build_pipeline
     from llmrec.prompts.builders import SequencePromptBuilder
+    from llmrec.ranking.embedding import load_embedding_ranker
+    from llmrec.ranking.pointwise import PointwiseRanker
+    from llmrec.ranking.sequence import LikelihoodRanker
+    from llmrec.scenario import load_scenario
     from llmrec.settings import Settings
 
     parser = argparse.ArgumentParser()

@@ -18,7 +18,7 @@ import time
 
 def main() -> None:
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    from llmrec.commands import sample
+    from llmrec.data.sampling import sample
     from llmrec.pipeline import build_pipeline
     from llmrec.prompts.builders import LABELS
     from llmrec.schemas import RecommendRequest

@@ -14,9 +14,9 @@ import itertools
 import time
 from pathlib import Path
 
+from llmrec.data.datasets import load_dataset
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval.metrics import evaluate_ranking, mean_rows
-from llmrec.eval.split import LeaveOneOutSplit
-from llmrec.retrieval.datasets import load_dataset
 from llmrec.retrieval.embedder import SentenceEmbedder, ensure_minilm
 from llmrec.retrieval.index import CatalogIndex, IndexConfig
 from llmrec.retrieval.retrievers import (

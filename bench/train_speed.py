@@ -29,7 +29,7 @@ def cpu_flags() -> str:
 
 
 def listwise(model: str, examples, tokens: float, dtype: str, args) -> float:
-    from llmrec.adapters.train import LoraTrainConfig, train_lora
+    from llmrec.adapters.loop import LoraTrainConfig, train_lora
 
     stamps: list[float] = []
     modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -55,7 +55,7 @@ def main() -> None:
 
     from llmrec.adapters.fit import ranking_examples
     from llmrec.adapters.sequence import sequence_examples
-    from llmrec.agents.models import pick_dtype
+    from llmrec.engines.models import pick_dtype
     from llmrec.settings import Settings
 
     parser = argparse.ArgumentParser()

@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval.metrics import hit_at, mean, ndcg_at
-from llmrec.eval.split import LeaveOneOutSplit
 
 # Speed only. On a busy 2-core machine one ML-100K fit took 0.45 s with 1 OpenMP thread and 0.9 s with 2.
 THREADS = 1

@@ -31,7 +31,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.agents.constraints import Constraints
-from llmrec.eval.split import LeaveOneOutSplit
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval.stats import bootstrap_ci
 from llmrec.schemas import Item, RecommendRequest
 
@@ -101,10 +101,10 @@ def _sample(users: Sequence[str], n: int, seed: int) -> list[str]:
 def run_conversational(settings, config: ConversationalConfig, out: Path | None = None, *, engine=None, store: Path | None = None,
                        progress: Callable[[int, int, Outcome], None] | None = None) -> dict:
     """Simulate `config.users` conversations and the one-shot pipeline on the same users; returns the report."""
-    from llmrec.adapters.scenario import load_scenario
     from llmrec.agents.conversation import ChatConfig, build_agent
+    from llmrec.data.datasets import load_dataset
     from llmrec.pipeline import build_pipeline
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.scenario import load_scenario
 
     home = settings.resolved_home()
     split = LeaveOneOutSplit.from_dataset(load_dataset(load_scenario(config.scenario, home).dataset, home))

@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from llmrec.agents.claims import KINDS, ClaimChecker
-from llmrec.agents.explainer import Explained, LLMExplainer
 from llmrec.errors import LLMUnavailable
 from llmrec.eval.methods import Case
+from llmrec.explain.claims import KINDS, ClaimChecker
+from llmrec.explain.explainer import Explained, LLMExplainer
 from llmrec.schemas import Explanation, Item
 
 GROUNDING = {"unwatched-title", "no-history-citation"}

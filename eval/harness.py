@@ -17,17 +17,17 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmrec.adapters.scenario import load_scenario
-from llmrec.agents.ranker import LLMRanker
+from llmrec.data.datasets import load_dataset
+from llmrec.data.split import SPLIT_VERSION, LeaveOneOutSplit
 from llmrec.errors import LLMRecError
 from llmrec.eval import explanations, methods, plots, position_bias, stats
+from llmrec.eval.als_implicit import ALSGrid, ALSResult, run_als
 from llmrec.eval.markdown import render
 from llmrec.eval.methods import Case, LLMVariant
 from llmrec.eval.report import EmptyTestSet, OutputFolder, folder_hash, run_id, to_plain, write_json, write_rankings
-from llmrec.eval.als_implicit import ALSGrid, ALSResult, run_als
 from llmrec.eval.sasrec_recbole import SASRecConfig, SASRecResult, run_sasrec
-from llmrec.eval.split import SPLIT_VERSION, LeaveOneOutSplit
-from llmrec.retrieval.datasets import load_dataset
+from llmrec.ranking.listwise import LLMRanker
+from llmrec.scenario import load_scenario
 from llmrec.schemas import UserHistory
 from llmrec.settings import Settings
 
@@ -72,7 +72,7 @@ class EvalOutcome(BaseModel):
 
 
 def _cases(split: LeaveOneOutSplit, config: EvalConfig) -> list[Case]:
-    from llmrec.commands import sample
+    from llmrec.data.sampling import sample
 
     users = split.test_users()
     if not users:

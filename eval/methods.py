@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from llmrec.agents.ranker import LLMScores, ShortHistoryWeight, fuse, weight_for
-from llmrec.protocols import AdapterRef, Retriever, ScoringRanker
+from llmrec.protocols import AdapterRef, LLMScores, Retriever, ScoringRanker
+from llmrec.ranking.fusion import ShortHistoryWeight, fuse, weight_for
 from llmrec.schemas import Candidate, Item, UserHistory
 
 Rankings = dict[str, list[str]]

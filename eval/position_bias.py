@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from llmrec.agents.ranker import LLMRanker
 from llmrec.eval.methods import Case, as_candidates, fused_order
+from llmrec.ranking.listwise import LLMRanker
 from llmrec.schemas import Candidate, Item
 
 

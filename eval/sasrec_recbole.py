@@ -27,8 +27,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.errors import LLMRecError
-from llmrec.eval.split import LeaveOneOutSplit
 
 RUNNER = Path(__file__).with_name("_sasrec_runner.py")
 DATASET_NAME = "llmrec_split"

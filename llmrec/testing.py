@@ -97,7 +97,7 @@ def tiny_home(root, real_home, users: int):
     sharing `real_home`'s models."""
     import json
 
-    from llmrec.retrieval.datasets import builtin_folder
+    from llmrec.data.datasets import builtin_folder
 
     (root / "models").symlink_to(real_home / "models")
     source = builtin_folder("ml-100k", real_home)

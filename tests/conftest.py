@@ -33,7 +33,7 @@ def home(settings):
 
 @pytest.fixture(scope="session")
 def model_dir(home):
-    from llmrec.agents.models import ensure_smollm2
+    from llmrec.engines.models import ensure_smollm2
 
     return str(ensure_smollm2(home))
 
@@ -41,8 +41,8 @@ def model_dir(home):
 @pytest.fixture(scope="session")
 def engine(settings, model_dir):
     """One LoRA-enabled in-process engine for the whole session (loading costs ~20 s)."""
-    from llmrec.agents.engines import EngineConfig, InProcessVLLM
-    from llmrec.agents.models import pick_dtype
+    from llmrec.engines.models import pick_dtype
+    from llmrec.engines.vllm import EngineConfig, InProcessVLLM
 
     engine = InProcessVLLM(EngineConfig(model=model_dir, dtype=pick_dtype(), max_adapters=1, timeout_s=300))
     engine.llm  # noqa: B018 - load now, so test timings are honest
@@ -60,8 +60,8 @@ def pipeline(settings, engine):
 def tiny_adapter(tmp_path_factory, settings, model_dir):
     """A real PEFT LoRA adapter, trained for a few steps on real ML-100K ranking prompts."""
     from llmrec.adapters.fit import ranking_examples
-    from llmrec.adapters.scenario import AdapterSpec
-    from llmrec.adapters.train import LoraTrainConfig, train_lora
+    from llmrec.adapters.loop import LoraTrainConfig, train_lora
+    from llmrec.scenario import AdapterSpec
 
     examples, model = ranking_examples(settings, "movies", 8)
     out = tmp_path_factory.mktemp("adapter") / "movies-tiny"
@@ -79,3 +79,18 @@ def eval_home(tmp_path, settings):
     for name in ("datasets", "models", "wheels", "chroma"):
         (home / name).symlink_to(real / name)
     return home
+
+
+@pytest.fixture(scope="session")
+def second_adapter(tmp_path_factory, settings, model_dir):
+    """Another real PEFT LoRA adapter on the same ML-100K ranking prompts as `tiny_adapter`, with another seed and a
+    larger learning rate, so its weights (and scores) differ from that one's."""
+    from llmrec.adapters.fit import ranking_examples
+    from llmrec.adapters.loop import LoraTrainConfig, train_lora
+    from llmrec.scenario import AdapterSpec
+
+    examples, model = ranking_examples(settings, "movies", 8)
+    out = tmp_path_factory.mktemp("adapter-b") / "movies-tiny-b"
+    config = LoraTrainConfig(steps=4, batch_size=2, learning_rate=1e-2, rank=8, seed=7)
+    manifest = train_lora(model, examples, out, config, progress=False)
+    return AdapterSpec(name="movies-tiny-b", path=str(out)), manifest

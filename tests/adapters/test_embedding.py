@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmrec.adapters.embedding import EmbeddingTrainConfig, join, next_item_examples, save_adapter, train_towers
-from llmrec.adapters.scenario import AdapterSpec, load_scenario
-from llmrec.agents.encoder import TwoTowerConfig, load_two_tower, read_manifest
+from llmrec.adapters.embedding import EmbeddingTrainConfig, join, save_adapter, train_towers
+from llmrec.adapters.towers_data import next_item_examples
 from llmrec.errors import AdapterMismatch
+from llmrec.manifest import read_manifest
+from llmrec.ranking.embedding import TwoTowerConfig, load_two_tower
+from llmrec.scenario import AdapterSpec, load_scenario
 
 pytestmark = pytest.mark.slow
 USERS = 40
@@ -31,7 +33,7 @@ def tiny_home(tmp_path_factory, home, model_dir):
 
 
 def cli(*args: str) -> int:
-    from llmrec.cli import main
+    from llmrec.entrypoints.cli import main
 
     return main(list(args))
 
@@ -68,10 +70,11 @@ def test_training_writes_the_adapter_folder_and_the_scenario(trained, model_dir)
 
 
 def test_reloaded_adapter_gives_identical_scores(tiny_home, model_dir, tmp_path):
-    from llmrec.agents.encoder import EmbeddingRanker, ItemEncoderConfig, item_vectors
-    from llmrec.agents.models import pick_dtype
-    from llmrec.eval.split import LeaveOneOutSplit
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.split import LeaveOneOutSplit
+    from llmrec.engines.encoder import ItemEncoderConfig, item_vectors
+    from llmrec.engines.models import pick_dtype
+    from llmrec.ranking.embedding import EmbeddingRanker
     from llmrec.schemas import Candidate
 
     dataset = load_dataset(str(tiny_home / "tiny"), tiny_home)
@@ -91,8 +94,8 @@ def test_reloaded_adapter_gives_identical_scores(tiny_home, model_dir, tmp_path)
 
 
 def test_pipeline_ranks_with_the_adapter_and_never_hands_it_to_the_llm(trained, tiny_home, model_dir):
-    from llmrec.agents.encoder import EmbeddingRanker
     from llmrec.pipeline import build_pipeline
+    from llmrec.ranking.embedding import EmbeddingRanker
     from llmrec.schemas import RecommendRequest
     from llmrec.settings import Settings
     from llmrec.testing import ScriptedEngine
@@ -152,7 +155,7 @@ def test_examples_are_every_next_item_position_with_recency_weights():
 
 
 def test_joined_towers_score_the_mean_of_their_scores():
-    from llmrec.agents.encoder import TwoTower
+    from llmrec.ranking.embedding import TwoTower
 
     rng = np.random.default_rng(0)
     config = TwoTowerConfig(history_items=3, dim=4)
@@ -183,9 +186,9 @@ def test_eval_reports_the_adapter_fused_and_alone_with_paired_tests(trained, tin
 
 
 def test_training_data_without_a_next_item_is_a_dataset_error():
-    from llmrec.agents.encoder import ItemVectors
+    from llmrec.data.split import LeaveOneOutSplit
+    from llmrec.engines.encoder import ItemVectors
     from llmrec.errors import DatasetError
-    from llmrec.eval.split import LeaveOneOutSplit
 
     vectors = ItemVectors(("a", "b"), np.eye(2, dtype=np.float32))
     with pytest.raises(DatasetError, match="no next-item training examples") as err:

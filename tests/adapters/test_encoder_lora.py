@@ -14,9 +14,11 @@ import pytest
 
 from llmrec.adapters.embedding import EmbeddingTrainConfig, train_towers
 from llmrec.adapters.encoder_lora import LORA_FOLDER, EncoderLoraConfig, train_encoder_lora
-from llmrec.adapters.scenario import AdapterSpec, load_scenario
-from llmrec.agents.encoder import EmbeddingRanker, ItemEncoderConfig, item_vectors, load_embedding_ranker, read_manifest
+from llmrec.engines.encoder import ItemEncoderConfig, item_vectors
 from llmrec.errors import AdapterMismatch
+from llmrec.manifest import read_manifest
+from llmrec.ranking.embedding import EmbeddingRanker, load_embedding_ranker
+from llmrec.scenario import AdapterSpec, load_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +32,8 @@ def tiny_home(tmp_path_factory, home, model_dir):
 
 @pytest.fixture(scope="module")
 def data(tiny_home):
-    from llmrec.eval.split import LeaveOneOutSplit
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.split import LeaveOneOutSplit
 
     dataset = load_dataset(str(tiny_home / "tiny"), tiny_home)
     return dataset, LeaveOneOutSplit.from_dataset(dataset)
@@ -74,7 +76,7 @@ def test_the_saved_peft_folder_serves_the_vectors_training_validated(stage_two, 
 
 
 def test_cli_trains_both_stages_and_the_pipeline_serves_them(tiny_home, model_dir, data, capsys):
-    from llmrec.cli import main
+    from llmrec.entrypoints.cli import main
 
     assert main(["adapters", "train", "--objective", "embedding", "--epochs", "1", "--seeds", "1", "--encoder-lora-steps", "2",
                  "--home", str(tiny_home), "--model", model_dir, "--scenario", "tiny"]) == 0
@@ -149,7 +151,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tiny_home, model_dir, dat
 
 
 def test_cli_time_budget_keeps_a_checkpoint_and_resume_publishes(tiny_home, model_dir, capsys):
-    from llmrec.cli import main
+    from llmrec.entrypoints.cli import main
 
     base = ["adapters", "train", "--objective", "embedding", "--epochs", "1", "--seeds", "1", "--encoder-lora-steps", "3",
             "--home", str(tiny_home), "--model", model_dir, "--scenario", "tiny"]

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from llmrec.adapters.scenario import AdapterSpec, Scenario, load_scenario, stale_data_note
 from llmrec.assets import folder_hash
+from llmrec.scenario import AdapterSpec, Scenario, load_scenario, stale_data_note
 
 
 def adapter_scenario(tmp_path: Path, manifest: dict | None) -> Scenario:
@@ -33,7 +33,7 @@ def test_adapters_without_a_recorded_split_are_not_judged(tmp_path, manifest) ->
 @pytest.mark.slow
 def test_training_fits_the_fusion_weight_and_a_changed_split_is_flagged(eval_home, engine) -> None:
     from llmrec.adapters.fit import train_scenario_adapter
-    from llmrec.adapters.train import LoraTrainConfig
+    from llmrec.adapters.loop import LoraTrainConfig
     from llmrec.pipeline import build_pipeline
     from llmrec.schemas import RecommendRequest
     from llmrec.settings import Settings

@@ -6,7 +6,7 @@ import math
 import random
 
 from llmrec.adapters.fit import GATE_ALPHA, choose_weight, fit_weight
-from llmrec.agents.ranker import LLMScores
+from llmrec.protocols import LLMScores
 
 IDS = [f"i{n}" for n in range(20)]
 

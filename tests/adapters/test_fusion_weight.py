@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmrec.adapters.scenario import AdapterSpec, FusionFit, FusionSpec, Scenario
-from llmrec.agents.ranker import LLMRanker, LLMRankerConfig
 from llmrec.assets import folder_hash
 from llmrec.prompts import RankPromptBuilder
+from llmrec.ranking.listwise import LLMRanker, LLMRankerConfig
+from llmrec.scenario import AdapterSpec, FusionFit, FusionSpec, Scenario
 from llmrec.schemas import RecommendRequest
 from llmrec.testing import ScriptedEngine
 

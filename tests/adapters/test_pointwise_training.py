@@ -8,8 +8,8 @@ import math
 
 import pytest
 
+from llmrec.adapters.loop import LoraTrainConfig, run_key
 from llmrec.adapters.pointwise import auc
-from llmrec.adapters.train import LoraTrainConfig, run_key
 from llmrec.errors import LLMRecError
 
 
@@ -85,8 +85,8 @@ def test_yes_is_the_next_item_and_no_a_retriever_candidate_the_user_never_took(c
 def test_train_pointwise_adapter_end_to_end(tmp_path, settings, home, engine):
     """A real PEFT run (3 steps) on real ML-100K Yes/No prompts, validated on 2 users by the real engine."""
     from llmrec.adapters.pointwise import train_pointwise_adapter
-    from llmrec.adapters.scenario import load_scenario
-    from llmrec.agents.encoder import objective_of
+    from llmrec.manifest import objective_of
+    from llmrec.scenario import load_scenario
 
     test_home = tmp_path / "home"
     test_home.mkdir()

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from llmrec.adapters.sequence import (
-    IGNORE, SequenceExample, SequenceTrainConfig, collate, encode_window, sequence_examples, train_sequence_lora, windows,
+    IGNORE,
+    SequenceExample,
+    SequenceTrainConfig,
+    collate,
+    encode_window,
+    sequence_examples,
+    train_sequence_lora,
+    windows,
 )
 
 USERS = 40
@@ -39,10 +46,10 @@ def examples(settings):
 def test_real_windows_hold_the_users_titles_with_the_loss_on_them_only(examples, settings, home):
     from transformers import AutoTokenizer
 
-    from llmrec.agents.engines import TokenizerFormatter
-    from llmrec.eval.split import LeaveOneOutSplit
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.split import LeaveOneOutSplit
+    from llmrec.engines.vllm import TokenizerFormatter
     from llmrec.prompts.builders import SequencePromptBuilder
-    from llmrec.retrieval.datasets import load_dataset
 
     data, model, prompt = examples
     dataset = load_dataset("ml-100k", home)
@@ -85,7 +92,7 @@ def test_the_models_loss_counts_the_item_tokens_only(examples):
 
 @pytest.mark.slow
 def test_real_peft_steps_on_real_windows_write_a_sequence_adapter(examples, tmp_path):
-    from llmrec.agents.models import pick_dtype
+    from llmrec.engines.models import pick_dtype
 
     data, model, _ = examples
     out = tmp_path / "adapter"
@@ -112,12 +119,12 @@ def tiny_home(tmp_path_factory, home):
 
 @pytest.mark.llm
 def test_cli_trains_a_sequence_adapter_and_the_pipeline_ranks_with_its_likelihoods(tiny_home, model_dir, engine):
-    from llmrec.adapters.scenario import load_scenario
-    from llmrec.agents.encoder import objective_of
-    from llmrec.agents.likelihood import LikelihoodRanker
-    from llmrec.cli import main
+    from llmrec.entrypoints.cli import main
+    from llmrec.manifest import objective_of
     from llmrec.pipeline import build_pipeline
     from llmrec.prompts.builders import SequencePromptBuilder
+    from llmrec.ranking.sequence import LikelihoodRanker
+    from llmrec.scenario import load_scenario
     from llmrec.schemas import RecommendRequest
     from llmrec.settings import Settings
 
@@ -149,9 +156,9 @@ def test_cli_trains_a_sequence_adapter_and_the_pipeline_ranks_with_its_likelihoo
 
 @pytest.mark.llm
 def test_training_then_fits_the_fusion_weight_and_records_it(tiny_home, model_dir, engine):
-    from llmrec.adapters.scenario import load_scenario
     from llmrec.adapters.sequence import train_scenario_sequence_adapter
     from llmrec.assets import folder_hash
+    from llmrec.scenario import load_scenario
     from llmrec.settings import Settings
 
     engine.release_adapters()

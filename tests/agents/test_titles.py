@@ -7,7 +7,7 @@ from llmrec.agents.titles import TitleResolver
 
 @pytest.fixture(scope="module")
 def catalog(settings):
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
 
     return load_dataset("ml-100k", settings.resolved_home())
 

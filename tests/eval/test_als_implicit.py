@@ -6,8 +6,8 @@ import random
 
 import pytest
 
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval.als_implicit import ALSGrid, ALSParams, ALSPeer, best_point, run_als, tune
-from llmrec.eval.split import LeaveOneOutSplit
 
 pytest.importorskip("implicit")
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from llmrec.agents.claims import ClaimChecker
-from llmrec.agents.evidence import CoWatch
-from llmrec.agents.explainer import Explained, LLMExplainer
-from llmrec.agents.grounding import GroundingValidator
 from llmrec.eval.explanations import claim_rates, measure
 from llmrec.eval.markdown import _explanations
 from llmrec.eval.methods import Case
+from llmrec.explain.claims import ClaimChecker
+from llmrec.explain.evidence import CoWatch
+from llmrec.explain.explainer import Explained, LLMExplainer
+from llmrec.explain.grounding import GroundingValidator
 from llmrec.prompts import ExplainPromptBuilder
 from llmrec.schemas import Explanation, Item, UserHistory
 from llmrec.testing import ScriptedEngine

@@ -123,7 +123,7 @@ def test_cli_errors_are_one_line_with_exit_codes(tmp_path) -> None:
     import sys
 
     def llmrec(*args):
-        return subprocess.run([sys.executable, "-m", "llmrec.cli", "eval", "--out", str(tmp_path / "o"), *args],
+        return subprocess.run([sys.executable, "-m", "llmrec.entrypoints.cli", "eval", "--out", str(tmp_path / "o"), *args],
                               capture_output=True, text=True, timeout=300, env=dict(os.environ))
 
     empty = llmrec("--users", "0")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from llmrec.data.datasets import load_dataset
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval.als_implicit import ALSGrid
 from llmrec.eval.harness import EvalConfig, run_eval
 from llmrec.eval.sasrec_recbole import SASRecConfig, SASRecResult
-from llmrec.eval.split import LeaveOneOutSplit
-from llmrec.retrieval.datasets import load_dataset
 from llmrec.settings import Settings
 from llmrec.testing import ScriptedEngine
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from llmrec.agents.ranker import LLMScores
 from llmrec.eval.methods import Case, as_candidates, fused_order, oracle, rerank_head, restrict, sample_items
 from llmrec.eval.position_bias import placements
+from llmrec.protocols import LLMScores
 from llmrec.schemas import UserHistory
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval._sasrec_runner import mask_seen, ndcg_hr_at10, target_ranks
 from llmrec.eval.sasrec_recbole import DATASET_NAME, SKIPPED, SASRecConfig, SASRecResult, from_runner, run_sasrec, write_benchmark
-from llmrec.eval.split import LeaveOneOutSplit
 
 HISTORIES = {"u1": ["a", "b", "c", "d", "e"], "u2": ["x", "y", "z"], "short": ["p", "q"]}
 

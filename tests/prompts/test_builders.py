@@ -7,7 +7,6 @@ from llmrec.prompts.builders import ExplainPromptBuilder, render_blocks
 from llmrec.prompts.safety import looks_like_instruction
 from llmrec.testing import WordFormatter, movie
 
-
 item = movie
 
 

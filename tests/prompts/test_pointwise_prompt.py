@@ -7,7 +7,6 @@ import pytest
 from llmrec.prompts.builders import ANSWERS, PointwisePromptBuilder, PointwisePromptConfig
 from llmrec.testing import WordFormatter, movie
 
-
 item = movie
 
 

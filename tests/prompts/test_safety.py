@@ -79,7 +79,7 @@ def test_label_letters_are_stripped_only_as_labels():
 
 
 def test_every_ml100k_title_passes_unchanged(home):
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
 
     items = load_dataset("ml-100k", home).items.values()
     changed = [item.title for item in items if sanitize(item.title).removed or safe_title(item) != item.title.replace('"', "'")]

@@ -57,8 +57,8 @@ def write_atomic(folder: Path, items: list[Item]) -> Path:
 
 def test_same_named_datasets_in_two_folders_never_share_a_collection(tmp_path: Path, embedder: SentenceEmbedder) -> None:
     """Two user folders both called `ml-100k`, and the built-in: three collections, each holding only its own items."""
+    from llmrec.data.datasets import load_dataset
     from llmrec.pipeline import build_index
-    from llmrec.retrieval.datasets import load_dataset
 
     home = tmp_path / "home"
     (home / "models").mkdir(parents=True)
@@ -83,7 +83,7 @@ def test_same_named_datasets_in_two_folders_never_share_a_collection(tmp_path: P
 
 def test_a_changed_item_in_the_same_folder_is_the_only_one_embedded_again(tmp_path: Path, embedder: SentenceEmbedder) -> None:
     """The collection is keyed by the folder (its source), not by its content: an edit updates it in place."""
-    from llmrec.retrieval.datasets import load_dataset
+    from llmrec.data.datasets import load_dataset
 
     folder = write_atomic(tmp_path / "shop", ITEMS[:6])
     data = load_dataset(str(folder), tmp_path)

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
+from llmrec.data.datasets import load_dataset
+from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval.metrics import hit_at, mean
-from llmrec.eval.split import LeaveOneOutSplit
 from llmrec.protocols import Retriever
-from llmrec.retrieval.datasets import load_dataset
 from llmrec.retrieval.embedder import SentenceEmbedder, ensure_minilm
 from llmrec.retrieval.index import CatalogIndex
 from llmrec.retrieval.retrievers import (

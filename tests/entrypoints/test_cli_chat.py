@@ -1,0 +1,43 @@
+"""`llmrec chat` as a user runs it: messages through a pipe, one reply each; bad input is one line."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def chat(*args, stdin="", env=None, timeout=900):
+    return subprocess.run([sys.executable, "-m", "llmrec.entrypoints.cli", "chat", *args], input=stdin, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_unknown_user_is_one_line_and_exit_3(tmp_path):
+    result = chat("--user", "99999", env={"LLMREC_CHAT_STORE": str(tmp_path)})
+    assert result.returncode == 3 and "unknown user '99999'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tools_planner_without_a_server_is_one_line(tmp_path):
+    result = chat("--user", "196", "--planner", "tools", env={"LLMREC_CHAT_STORE": str(tmp_path)})
+    assert result.returncode == 1 and "--llm-url" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.llm
+def test_two_lines_through_a_pipe_get_two_replies_and_the_session_continues(tmp_path):
+    env = {"LLMREC_CHAT_STORE": str(tmp_path)}
+    result = chat("--user", "196", "--session", "pipe", stdin="something funny from the 90s\nbut not a romance\n", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    replies = [block for block in result.stdout.split("\n\n") if block.strip()]
+    assert len(replies) == 2, result.stdout
+    assert replies[0].startswith("Looking for: Comedy · 1990–1999\n")
+    assert replies[1].startswith("Looking for: Comedy · 1990–1999 · not Romance\n")
+    assert all(block.count("   why: ") == 5 for block in replies)
+    again = chat("--session", "pipe", stdin="from the 80s\n", env=env)  # a new process continues the stored session
+    assert again.returncode == 0 and again.stdout.startswith("Looking for: Comedy · 1980–1989 · not Romance\n"), again.stdout
+
+
+@pytest.mark.llm
+def test_a_cold_start_asks_about_tastes(tmp_path):
+    result = chat(stdin="hello\n", env={"LLMREC_CHAT_STORE": str(tmp_path)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "No history: tell me genres" in result.stderr and "can't personalise yet" in result.stdout
