@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +31,11 @@ from llmrec.engines.encoder import ITEM_TEXT_VERSION, ItemEncoderConfig, ItemVec
 from llmrec.errors import DatasetError
 from llmrec.manifest import model_identity
 from llmrec.objectives import EMBEDDING as OBJECTIVE
+from llmrec.objectives import TrainRequest
 from llmrec.protocols import Retriever
 from llmrec.ranking.embedding import TENSORS, WEIGHTS_FILE, EmbeddingRanker, TwoTower, TwoTowerConfig
 from llmrec.schemas import Item, UserHistory
+from llmrec.settings import Settings
 
 EMBEDDING_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, math.inf)
 """Finer than WEIGHT_GRID below 2: the two-tower's log-softmax is on a different scale than label logprobs."""
@@ -346,3 +349,41 @@ def _stage_one(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingT
 
 def _key(weight: float) -> str:
     return "inf" if math.isinf(weight) else str(weight)
+
+
+def train(settings: Settings, request: TrainRequest) -> int:
+    """`llmrec adapters train --objective embedding`: towers (and an optional encoder LoRA), fusion fit, store; summary on stderr."""
+    from llmrec.engines.models import pick_dtype
+
+    if request.resume and not request.encoder_lora_steps:
+        print("llmrec: note: towers alone train in minutes and keep no checkpoint; --resume applies to --encoder-lora-steps "
+              "and is ignored", file=sys.stderr)
+    options = {"batch_size": request.batch_size, "learning_rate": request.learning_rate, "max_steps": request.steps, "max_minutes": request.minutes}
+    encoder = ItemEncoderConfig(dtype=pick_dtype(settings.dtype), **({"layer": request.layer} if request.layer is not None else {}))
+    lora = None
+    if request.encoder_lora_steps:
+        lora = EncoderLoraConfig(steps=request.encoder_lora_steps, blocks=request.encoder_lora_blocks, max_minutes=request.minutes, seed=settings.seed)
+    config = EmbeddingTrainConfig(epochs=request.epochs, seeds=request.seeds, seed=settings.seed, encoder=encoder, candidates=settings.candidates,
+                                  encoder_lora=lora, **{k: v for k, v in options.items() if v is not None})
+    path, manifest = train_embedding_adapter(settings, request.scenario, config, resume=request.resume and lora is not None)
+    if not manifest.get("complete", True):
+        two = manifest["encoder_lora"]
+        print(f"time budget reached at encoder-LoRA step {two['steps_done']} of {lora.steps} (validation NDCG@10 kept so far "
+              f"{two['valid_ndcg10_kept']:.4f}); checkpoint kept in {path}, the adapter unchanged: run again with --resume to "
+              "continue", file=sys.stderr)
+        return 0
+    fusion = manifest["fusion"]
+    w = "inf (retriever order)" if fusion["weight"] is None else f"{fusion['weight']:g}"
+    seeds = manifest["seeds"]
+    print(f"embedding adapter saved to {path} ({manifest['wall_time_s']} s training, {len(seeds)} seed(s), best epochs "
+          f"{[s['best_epoch'] for s in seeds]}, last: {seeds[-1]['stopped']}); validation NDCG@10: alone (full ranking) {manifest['valid_ndcg10_alone_full_ranking']:.4f}, "
+          f"on the candidates alone {manifest['valid_ndcg10_on_candidates_alone']:.4f}, retriever order "
+          f"{manifest['valid_ndcg10_retriever_order']:.4f}, fused {manifest['valid_ndcg10_fused']:.4f} at w = {w}; "
+          f"scenario {request.scenario} now uses it", file=sys.stderr)
+    if lora is not None:
+        two = manifest["encoder_lora"]
+        print(f"encoder LoRA ({two['trainable_parameters']} parameters on blocks {two['blocks']}, {two['steps_done']} steps, "
+              f"{two['seconds_per_step']} s/step, {two['dtype']}): validation NDCG@10 alone {two['valid_ndcg10_stage1']:.4f} -> "
+              f"{two['valid_ndcg10_kept']:.4f} at step {two['best_step']}; "
+              + ("kept" if two["kept"] else "not kept: no step beat the frozen encoder"), file=sys.stderr)
+    return 0

@@ -7,7 +7,6 @@ validation targets (the weight); test targets are never touched here.
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +14,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from llmrec.adapters.loop import LoraTrainConfig, RankingExample, train_lora
 from llmrec.assets import folder_hash
 from llmrec.data.split import LeaveOneOutSplit
 from llmrec.eval.metrics import ndcg_at
-from llmrec.manifest import base_model_sha256
 from llmrec.protocols import LLMScores
 from llmrec.ranking.fusion import fuse
-from llmrec.scenario import AdapterSpec, FusionFit, FusionSpec, Scenario, load_scenario, user_scenario_path
+from llmrec.scenario import AdapterSpec, FusionFit, FusionSpec, Scenario, load_scenario
 from llmrec.settings import Settings
 
 WEIGHT_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
@@ -118,66 +115,6 @@ def fit_fusion_weight(settings: Settings, scenario_name: str, users: int = 300, 
                             permutations=settings.permutations),
     )
     return scenario, grid
-
-
-def ranking_examples(settings: Settings, scenario_name: str, n: int) -> tuple[list[RankingExample], str]:
-    """Training prompts from the training split: history prefix → the next training item among the candidates.
-
-    The true item replaces a random candidate when the retriever missed it, so its label position
-    carries no signal; the retriever is fitted on training histories only.
-    """
-    from llmrec.data.datasets import load_dataset
-    from llmrec.engines.models import resolve_model
-    from llmrec.engines.vllm import TokenizerFormatter
-    from llmrec.pipeline import build_index
-    from llmrec.prompts import RankPromptBuilder, RankPromptConfig
-    from llmrec.prompts.builders import LABELS
-    from llmrec.retrieval.retrievers import HybridRetriever
-    from llmrec.schemas import UserHistory
-
-    home = settings.resolved_home()
-    scenario = load_scenario(scenario_name, home)
-    dataset = load_dataset(scenario.dataset, home)
-    split = LeaveOneOutSplit.from_dataset(dataset)
-    retriever = HybridRetriever(index=build_index(settings, dataset)).fit(split.train_histories())
-    model = resolve_model(settings.model, home)
-    formatter = TokenizerFormatter(model)
-    builder = RankPromptBuilder(RankPromptConfig(domain=scenario.domain, max_history_items=settings.max_history_items,
-                                                 token_budget=settings.max_model_len - 16))
-    rng = random.Random(settings.seed)
-    positions = [(u, p) for u, items in split.train.items() for p in range(max(1, len(items) - 20), len(items)) if p >= 1]
-    rng.shuffle(positions)
-    examples = []
-    label_ids = formatter.label_token_ids(LABELS[: settings.candidates])
-    for user, p in tqdm(positions[:n], desc="training prompts"):
-        items = split.train[user]
-        prefix, target = items[:p], items[p]
-        candidates = [c.item_id for c in retriever.retrieve(UserHistory(user_id=user, item_ids=prefix), settings.candidates)]
-        if target not in candidates:
-            candidates[rng.randrange(len(candidates))] = target
-        prompt = builder.build(formatter, [dataset.items[i] for i in prefix], [dataset.items[i] for i in candidates])
-        examples.append(RankingExample(prompt.text, tuple(label_ids[: len(candidates)]), candidates.index(target)))
-    return examples, model
-
-
-def train_scenario_adapter(settings: Settings, scenario_name: str, config: LoraTrainConfig, examples: int = 2000,
-                           resume: bool = False, fit_users: int = 300, engine=None) -> tuple[Path, dict]:
-    """Train the scenario's listwise adapter, then fit its fusion weight on `fit_users` validation users (0: leave it
-    unfitted, so the adapter's ranking keeps the retriever's order until `llmrec fit-fusion`). The scenario file
-    changes only when the run completes; the weight's grid goes into the adapter's manifest."""
-    from llmrec.data.datasets import load_dataset
-
-    home = settings.resolved_home()
-    scenario = load_scenario(scenario_name, home)
-    data, model = ranking_examples(settings, scenario_name, examples)
-    split_fingerprint = LeaveOneOutSplit.from_dataset(load_dataset(scenario.dataset, home)).fingerprint()
-    out = user_scenario_path(home, scenario_name).parent / "adapter"
-    manifest = train_lora(model, data, out, config, resume=resume,
-                          manifest_extra={"scenario": scenario_name, "dataset": scenario.dataset, "split_fingerprint": split_fingerprint,
-                                          "base_model_sha256": base_model_sha256(model)})
-    if not manifest["complete"] or manifest.get("cached"):
-        return out, manifest
-    return out, adopt(settings, scenario, out, manifest, fit_users, engine)
 
 
 def adopt(settings: Settings, scenario: Scenario, out: Path, manifest: dict, fit_users: int, engine=None) -> dict:

@@ -19,7 +19,6 @@ Validation (after training, on seeded validation users; test targets are never t
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -37,6 +36,7 @@ from llmrec.data.catalog import Dataset
 from llmrec.data.split import LeaveOneOutSplit
 from llmrec.errors import LLMRecError
 from llmrec.objectives import POINTWISE as OBJECTIVE
+from llmrec.objectives import TrainRequest
 from llmrec.prompts.builders import ANSWERS, PointwisePromptBuilder, PointwisePromptConfig
 from llmrec.protocols import AdapterRef, LLMEngine, LLMScores, Retriever
 from llmrec.ranking.pointwise import PointwiseRanker
@@ -242,15 +242,18 @@ def _write_manifest(out: Path, manifest: dict) -> None:
     tmp.replace(out / "manifest.json")
 
 
-def train_from_cli(settings: Settings, args: argparse.Namespace, config: LoraTrainConfig) -> int:
+def train(settings: Settings, request: TrainRequest) -> int:
     """`llmrec adapters train --objective pointwise`: train, validate, store; one summary line on stderr.
 
     Torch trains on one thread unless `config.threads` says otherwise: on a shared 2-core machine, two threads
     trained at 17 tokens/s against 151 on one (bf16, batch 8, 282-token prompts, other jobs running).
     """
+    from llmrec.adapters.listwise import lora_config
+
+    config = lora_config(settings, request)
     config = config if config.threads else config.model_copy(update={"threads": 1})
-    path, manifest = train_pointwise_adapter(settings, args.scenario, config, examples=args.examples, resume=args.resume,
-                                             fit_users=args.fit_users)
+    path, manifest = train_pointwise_adapter(settings, request.scenario, config, examples=request.examples, resume=request.resume,
+                                             fit_users=request.fit_users)
     if manifest.get("cached"):
         print(f"{path} already holds a pointwise adapter trained with this base model, data and config; nothing to do", file=sys.stderr)
     elif not manifest["complete"]:
@@ -260,7 +263,7 @@ def train_from_cli(settings: Settings, args: argparse.Namespace, config: LoraTra
     elif "fusion" not in manifest:
         print(f"pointwise adapter saved to {path} ({manifest['wall_time_s']} s, {manifest['autocast']}, {manifest['train_tokens_per_s']} "
               f"training tokens/s, last loss {manifest['loss_last10']:.3f}); not validated (--fit-users 0): run "
-              f"`llmrec fit-fusion --scenario {args.scenario}` to fit its fusion weight", file=sys.stderr)
+              f"`llmrec fit-fusion --scenario {request.scenario}` to fit its fusion weight", file=sys.stderr)
     else:
         w = manifest["fusion"]["weight"]
         print(f"pointwise adapter saved to {path} ({manifest['wall_time_s']} s, {manifest['autocast']}, {manifest['train_tokens_per_s']} "
@@ -268,5 +271,5 @@ def train_from_cli(settings: Settings, args: argparse.Namespace, config: LoraTra
               f"{manifest['valid_auc']:.4f}, NDCG@10 alone {manifest['valid_ndcg10_alone']:.4f}, retriever order "
               f"{manifest['valid_ndcg10_retriever_order']:.4f}, fused {manifest['valid_ndcg10_fused']:.4f} at w = "
               f"{'inf (retriever order)' if w is None else f'{w:g}'} (w chosen on the other half: {manifest['valid_ndcg10_fused_heldout']}); "
-              f"scenario {args.scenario} now uses it", file=sys.stderr)
+              f"scenario {request.scenario} now uses it", file=sys.stderr)
     return 0

@@ -19,7 +19,6 @@ with bf16 autocast over all 30 blocks, 226 on the top 8 (`top_layers=8`); fp32 6
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -32,6 +31,7 @@ from pydantic import Field
 from llmrec.adapters.loop import LoraTrainConfig, train_lora
 from llmrec.errors import LLMRecError
 from llmrec.objectives import SEQUENCE as OBJECTIVE
+from llmrec.objectives import TrainRequest
 from llmrec.prompts.builders import SequencePromptBuilder, SequencePromptConfig
 from llmrec.settings import Settings
 
@@ -168,10 +168,14 @@ def train_scenario_sequence_adapter(settings: Settings, scenario_name: str, conf
     return out, adopt(settings, scenario, out, manifest, fit_users, engine)
 
 
-def train_from_cli(settings: Settings, args: argparse.Namespace, config: LoraTrainConfig) -> int:
+def train(settings: Settings, request: TrainRequest) -> int:
     """`llmrec adapters train --objective sequence`: train, fit the fusion weight, store; one summary line on stderr."""
+    from llmrec.adapters.listwise import lora_config
+
+    config = lora_config(settings, request)
     sequence = SequenceTrainConfig(**config.model_dump(exclude_unset=True))  # this objective's defaults (threads, window) for the rest
-    path, manifest = train_scenario_sequence_adapter(settings, args.scenario, sequence, resume=args.resume, fit_users=args.fit_users)
+    path, manifest = train_scenario_sequence_adapter(settings, request.scenario, sequence, resume=request.resume,
+                                                     fit_users=request.fit_users)
     done = (f"({manifest['wall_time_s']} s, {manifest['autocast']}, {manifest['train_tokens_per_s']} training tokens/s, "
             f"last loss {manifest['loss_last10']:.3f})")
     if manifest.get("cached"):
@@ -181,7 +185,7 @@ def train_from_cli(settings: Settings, args: argparse.Namespace, config: LoraTra
               "run again with --resume to continue", file=sys.stderr)
     elif "fusion" not in manifest:
         print(f"sequence adapter saved to {path} {done}; fusion weight not fitted (--fit-users 0): run "
-              f"`llmrec fit-fusion --scenario {args.scenario}`", file=sys.stderr)
+              f"`llmrec fit-fusion --scenario {request.scenario}`", file=sys.stderr)
     else:
         w = manifest["fusion"]["weight"]
         print(f"sequence adapter saved to {path} {done}; validation NDCG@10 ({manifest['fusion']['users']} users): alone "

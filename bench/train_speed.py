@@ -53,7 +53,7 @@ def sequence(model: str, examples, dtype: str, args) -> float:
 def main() -> None:
     from transformers import AutoTokenizer
 
-    from llmrec.adapters.fit import ranking_examples
+    from llmrec.adapters.listwise import ranking_examples
     from llmrec.adapters.sequence import sequence_examples
     from llmrec.engines.models import pick_dtype
     from llmrec.settings import Settings

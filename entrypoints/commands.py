@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from llmrec.errors import LLMRecError, LLMUnavailable
+from llmrec.errors import LLMUnavailable
 from llmrec.settings import Settings
 
 
@@ -119,80 +119,13 @@ def fit_fusion(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def train_adapter(settings: Settings, args: argparse.Namespace) -> int:
-    from llmrec.adapters.fit import train_scenario_adapter
-    from llmrec.adapters.loop import LoraTrainConfig
+    """`llmrec adapters train`: the objective's trainer, looked up in the registry."""
+    from llmrec import objectives
+    from llmrec.objectives import TrainRequest
 
-    if args.objective == "embedding":
-        return train_embedding(settings, args)
-    config = LoraTrainConfig(steps=100 if args.steps is None else args.steps, minutes=args.minutes,
-                             batch_size=args.batch_size or 8, learning_rate=args.learning_rate or 2e-4,
-                             dtype=settings.dtype, seed=settings.seed)
-    if args.objective == "pointwise":
-        from llmrec.adapters.pointwise import train_from_cli
-
-        return train_from_cli(settings, args, config)
-    if args.objective == "sequence":
-        from llmrec.adapters.sequence import train_from_cli as train_sequence
-
-        return train_sequence(settings, args, config)
-    path, manifest = train_scenario_adapter(settings, args.scenario, config, examples=args.examples, resume=args.resume,
-                                            fit_users=args.fit_users)
-    if manifest.get("cached"):
-        print(f"{path} already holds an adapter trained with this base model, data and config; nothing to do", file=sys.stderr)
-    elif not manifest["complete"]:
-        print(f"time budget reached at step {manifest['steps_done']} of {config.steps} (last loss {manifest['loss_last10']:.3f}); "
-              f"checkpoint kept, {path} unchanged: run again with --resume to continue", file=sys.stderr)
-    else:
-        fusion = manifest.get("fusion")
-        fitted = (f"fusion weight fitted on {fusion['users']} validation users: w = {fusion['weight'] if fusion['weight'] is not None else 'inf'} "
-                  f"(validation NDCG@10 fused {manifest['valid_ndcg10_fused']:.4f}, alone {manifest['valid_ndcg10_alone']:.4f}, "
-                  f"retriever order {manifest['valid_ndcg10_retriever_order']:.4f})" if fusion else
-                  f"fusion weight not fitted (--fit-users 0): run `llmrec fit-fusion --scenario {args.scenario}`")
-        print(f"adapter saved to {path} ({manifest['wall_time_s']} s, {manifest['autocast']}, last loss {manifest['loss_last10']:.3f}); "
-              + fitted, file=sys.stderr)
-    return 0
-
-
-def train_embedding(settings: Settings, args: argparse.Namespace) -> int:
-    from llmrec.adapters.embedding import EmbeddingTrainConfig, train_embedding_adapter
-    from llmrec.adapters.encoder_lora import EncoderLoraConfig
-    from llmrec.engines.encoder import ItemEncoderConfig
-    from llmrec.engines.models import pick_dtype
-
-    if args.resume and not args.encoder_lora_steps:
-        print("llmrec: note: towers alone train in minutes and keep no checkpoint; --resume applies to --encoder-lora-steps "
-              "and is ignored", file=sys.stderr)
-    options = {"batch_size": args.batch_size, "learning_rate": args.learning_rate, "max_steps": args.steps, "max_minutes": args.minutes}
-    encoder = ItemEncoderConfig(dtype=pick_dtype(settings.dtype), **({"layer": args.layer} if args.layer is not None else {}))
-    if args.encoder_lora_steps < 0 or args.encoder_lora_blocks < 1:
-        raise LLMRecError("--encoder-lora-steps must be 0 or more and --encoder-lora-blocks 1 or more")
-    lora = None
-    if args.encoder_lora_steps:
-        lora = EncoderLoraConfig(steps=args.encoder_lora_steps, blocks=args.encoder_lora_blocks, max_minutes=args.minutes, seed=settings.seed)
-    config = EmbeddingTrainConfig(epochs=args.epochs, seeds=args.seeds, seed=settings.seed, encoder=encoder, candidates=settings.candidates,
-                                  encoder_lora=lora, **{k: v for k, v in options.items() if v is not None})
-    path, manifest = train_embedding_adapter(settings, args.scenario, config, resume=args.resume and lora is not None)
-    if not manifest.get("complete", True):
-        two = manifest["encoder_lora"]
-        print(f"time budget reached at encoder-LoRA step {two['steps_done']} of {lora.steps} (validation NDCG@10 kept so far "
-              f"{two['valid_ndcg10_kept']:.4f}); checkpoint kept in {path}, the adapter unchanged: run again with --resume to "
-              "continue", file=sys.stderr)
-        return 0
-    fusion = manifest["fusion"]
-    w = "inf (retriever order)" if fusion["weight"] is None else f"{fusion['weight']:g}"
-    seeds = manifest["seeds"]
-    print(f"embedding adapter saved to {path} ({manifest['wall_time_s']} s training, {len(seeds)} seed(s), best epochs "
-          f"{[s['best_epoch'] for s in seeds]}, last: {seeds[-1]['stopped']}); validation NDCG@10: alone (full ranking) {manifest['valid_ndcg10_alone_full_ranking']:.4f}, "
-          f"on the candidates alone {manifest['valid_ndcg10_on_candidates_alone']:.4f}, retriever order "
-          f"{manifest['valid_ndcg10_retriever_order']:.4f}, fused {manifest['valid_ndcg10_fused']:.4f} at w = {w}; "
-          f"scenario {args.scenario} now uses it", file=sys.stderr)
-    if lora is not None:
-        two = manifest["encoder_lora"]
-        print(f"encoder LoRA ({two['trainable_parameters']} parameters on blocks {two['blocks']}, {two['steps_done']} steps, "
-              f"{two['seconds_per_step']} s/step, {two['dtype']}): validation NDCG@10 alone {two['valid_ndcg10_stage1']:.4f} -> "
-              f"{two['valid_ndcg10_kept']:.4f} at step {two['best_step']}; "
-              + ("kept" if two["kept"] else "not kept: no step beat the frozen encoder"), file=sys.stderr)
-    return 0
+    fields = TrainRequest.model_fields
+    request = TrainRequest(**{name: getattr(args, name) for name in fields if getattr(args, name, None) is not None})
+    return objectives.get(request.objective).train()(settings, request)
 
 
 def list_adapters(settings: Settings, args: argparse.Namespace) -> int:

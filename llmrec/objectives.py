@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from llmrec.errors import AdapterMismatch
 
 if TYPE_CHECKING:
@@ -28,6 +30,27 @@ LISTWISE, POINTWISE, SEQUENCE, EMBEDDING = "listwise", "pointwise", "sequence", 
 DEFAULT = LISTWISE
 """A scenario without an adapter ranks with the base model's listwise verbalizer; a LoRA folder from before
 objectives were recorded is listwise too."""
+
+
+class TrainRequest(BaseModel):
+    """What a user asks of `llmrec adapters train` (any entry point), whatever the objective; None: the objective's default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scenario: str
+    objective: str = DEFAULT
+    steps: int | None = Field(default=None, ge=0, description="Optimizer steps in all (a resumed run counts the earlier ones).")
+    minutes: float | None = Field(default=None, gt=0, description="Wall-clock budget; the run stops there with a checkpoint.")
+    resume: bool = False
+    batch_size: int | None = Field(default=None, ge=1)
+    learning_rate: float | None = Field(default=None, gt=0)
+    examples: int = Field(default=2000, ge=1, description="LoRA objectives: training examples drawn from the training split.")
+    fit_users: int = Field(default=300, ge=0, description="Validation users the fusion weight is fitted on (0: skip).")
+    epochs: int = Field(default=8, ge=1, description="embedding: passes over the training positions (early stop on validation).")
+    seeds: int = Field(default=5, ge=1, description="embedding: towers trained from successive seeds and averaged.")
+    layer: int | None = Field(default=None, description="embedding: the hidden-state layer pooled into item vectors.")
+    encoder_lora_steps: int = Field(default=0, ge=0, description="embedding: stage-2 LoRA steps on the item encoder (0: frozen).")
+    encoder_lora_blocks: int = Field(default=2, ge=1, description="embedding: blocks that get the encoder LoRA.")
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def pipeline(settings, engine):
 @pytest.fixture(scope="session")
 def tiny_adapter(tmp_path_factory, settings, model_dir):
     """A real PEFT LoRA adapter, trained for a few steps on real ML-100K ranking prompts."""
-    from llmrec.adapters.fit import ranking_examples
+    from llmrec.adapters.listwise import ranking_examples
     from llmrec.adapters.loop import LoraTrainConfig, train_lora
     from llmrec.scenario import AdapterSpec
 
@@ -85,7 +85,7 @@ def eval_home(tmp_path, settings):
 def second_adapter(tmp_path_factory, settings, model_dir):
     """Another real PEFT LoRA adapter on the same ML-100K ranking prompts as `tiny_adapter`, with another seed and a
     larger learning rate, so its weights (and scores) differ from that one's."""
-    from llmrec.adapters.fit import ranking_examples
+    from llmrec.adapters.listwise import ranking_examples
     from llmrec.adapters.loop import LoraTrainConfig, train_lora
     from llmrec.scenario import AdapterSpec
 

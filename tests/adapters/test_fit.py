@@ -32,7 +32,7 @@ def test_adapters_without_a_recorded_split_are_not_judged(tmp_path, manifest) ->
 @pytest.mark.llm
 @pytest.mark.slow
 def test_training_fits_the_fusion_weight_and_a_changed_split_is_flagged(eval_home, engine) -> None:
-    from llmrec.adapters.fit import train_scenario_adapter
+    from llmrec.adapters.listwise import train_scenario_adapter
     from llmrec.adapters.loop import LoraTrainConfig
     from llmrec.pipeline import build_pipeline
     from llmrec.schemas import RecommendRequest
