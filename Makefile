@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 LLMREC := $(VENV)/bin/llmrec
 USER_ID ?= 196
 
-.PHONY: install bootstrap demo test bench clean baselines eval
+.PHONY: install bootstrap demo test lint bench clean baselines eval
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +23,12 @@ bootstrap: install
 demo: bootstrap
 	$(LLMREC) recommend --user $(USER_ID) --explain
 
-test: bootstrap
+# Lint first: an import that runs back up a layer, or a cycle, fails the build before the suite runs.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(PY) tools/lint_imports.py
+
+test: lint bootstrap
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # SASRec (RecBole 1.2.1) as an external peer for `llmrec eval --baselines sasrec`. RecBole's pins clash with
