@@ -170,7 +170,7 @@ def summarise(outcomes: Sequence[Outcome], config: ConversationalConfig, underst
     attempts = understanding["calls"] + understanding["retried"]
     return {
         "config": config.model_dump(), "users": len(outcomes),
-        "conversational": {**hits, "mean turns to a hit (miss = %d)" % misses: ci([float(o.hit_turn or misses) for o in outcomes]),
+        "conversational": {**hits, f"mean turns to a hit (miss = {misses})": ci([float(o.hit_turn or misses) for o in outcomes]),
                            "seconds per turn": ci([o.seconds_per_turn for o in outcomes]),
                            **{f"seconds per turn in {stage}": ci([o.stage_seconds.get(stage, 0.0) for o in outcomes])
                               for stage in dict.fromkeys(s for o in outcomes for s in o.stage_seconds)}},

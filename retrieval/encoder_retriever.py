@@ -39,9 +39,9 @@ class EncoderRetriever:
     def collection(self) -> Any:
         """The collection, filled once (the metadata marks it complete only after the last batch)."""
         if self._collection is None:
-            from llmrec.retrieval.index import _connect
+            from llmrec.retrieval.index import connect
 
-            client = _connect(self.chroma_url, self.home)
+            client = connect(self.chroma_url, self.home)
             collection = client.get_or_create_collection(name=self.name_in_chroma, embedding_function=None,
                                                          configuration={"hnsw": {"space": "ip"}})
             if (collection.metadata or {}).get("llmrec_complete") != "yes" or collection.count() != len(self.ranker.ids):

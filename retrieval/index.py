@@ -92,7 +92,7 @@ def catalog_fingerprint(doc_hashes: dict[str, str]) -> str:
     return digest.hexdigest()[:32]
 
 
-def _connect(chroma_url: str | None, home: Path) -> Any:
+def connect(chroma_url: str | None, home: Path) -> Any:
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
@@ -136,7 +136,7 @@ class CatalogIndex:
     @property
     def collection(self) -> Any:
         if self._collection is None:
-            client = _connect(self.config.chroma_url, self.home)
+            client = connect(self.config.chroma_url, self.home)
             collection = self._call(client.get_or_create_collection, name=self.name, embedding_function=self.embedder,
                                     configuration={"hnsw": {"space": "cosine"}}, metadata=self._metadata(""))
             stored = (collection.metadata or {}).get("llmrec_source", self.source)
