@@ -1,8 +1,8 @@
 """Titles a user writes, resolved against the catalog: rapidfuzz over every title form, Chroma as a second opinion.
 
 Every catalog title is matched in both article orders and under its alternative title
-("Godfather, The" ⇔ "The Godfather", "Postino, Il" ⇔ "Il Postino"), the forms `agents.grounding`
-already builds. A title that scores >= `accept` is resolved. One that scores between `confirm` and
+("Godfather, The" ⇔ "The Godfather", "Postino, Il" ⇔ "Il Postino"), the forms `llmrec.text.title_forms`
+builds. A title that scores >= `accept` is resolved. One that scores between `confirm` and
 `accept` is resolved only when the Chroma index, queried with the same text, also ranks that item
 among its nearest `neighbours`. Anything else is unresolved and becomes a question to the user
 (with the closest title as a suggestion when there is one): a title is never guessed.
@@ -17,10 +17,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.errors import ChromaUnavailable
-from llmrec.explain.grounding import _ARTICLE_WORDS as _ARTICLES
-from llmrec.explain.grounding import _ascii, _title_forms
 from llmrec.retrieval.index import CatalogIndex
 from llmrec.schemas import Item
+from llmrec.text import ARTICLE_WORDS, normal, title_forms
 
 _YEAR_SUFFIX = re.compile(r"\s*\((1[89]\d\d|20\d\d)\)\s*$")
 
@@ -44,11 +43,6 @@ class TitleMatch(BaseModel):
     suggestion: str | None = Field(default=None, description="The closest catalog item when unresolved.")
 
 
-def normal(text: str) -> str:
-    """Lowercase ASCII words: 'Misérables, Les' → 'miserables les'."""
-    return " ".join(re.findall(r"[0-9a-z]+", _ascii(text).lower()))
-
-
 def _numbers(text: str) -> set[str]:
     return set(re.findall(r"\d+", text))
 
@@ -61,7 +55,7 @@ def _keys(form: str) -> set[str]:
         keys.add(normal(main))
     for key in list(keys):
         head, _, rest = key.partition(" ")
-        if rest and head in _ARTICLES:
+        if rest and head in ARTICLE_WORDS:
             keys.add(rest)
     return keys - {""}
 
@@ -78,7 +72,7 @@ class TitleResolver:
         for item in self.items.values():
             if "unknown-title" in item.flags:
                 continue
-            for form in _title_forms(item.title):
+            for form in title_forms(item.title):
                 for key in _keys(form):
                     forms.setdefault(key, []).append(item.item_id)
         self.forms = {k: sorted(set(v), key=lambda i: (-popularity.get(i, 0), i)) for k, v in forms.items()}

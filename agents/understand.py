@@ -23,11 +23,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmrec.agents.constraints import Constraints, _negated, read_rules, supported_genre, supported_years
-from llmrec.agents.titles import normal
+from llmrec.agents.constraints import Constraints, negated, read_rules, supported_genre, supported_years
+from llmrec.domains import Domain, default_domain
+from llmrec.text import normal
 
-SYSTEM = ("You read a request for movies and fill in JSON. Put only what the request says: genres wanted, genres not "
-          "wanted, the decade ('any' if none), titles the user liked and titles the user does not want.")
+SYSTEM_TEMPLATE = ("You read a request for {plural} and fill in JSON. Put only what the request says: genres wanted, genres not "
+                   "wanted, the decade ('any' if none), titles the user liked and titles the user does not want.")
+SYSTEM = SYSTEM_TEMPLATE.format(plural=default_domain().plural)
 SHOTS = (
     ("a scary film from the 80s, no comedy, I loved Alien",
      {"genres": ["Horror"], "not_genres": ["Comedy"], "decade": "1980s", "liked": ["Alien"], "disliked": []}),
@@ -107,11 +109,13 @@ def extraction_schema(vocabulary: Iterable[str], decade_names: Iterable[str], ti
 
 class Understander:
     """`model` is a LangChain chat model that honours vLLM's `extra_body.structured_outputs` (or None: rules only);
-    `is_title` tells the rules which spans are catalog titles."""
+    `is_title` tells the rules which spans are catalog titles; `domain` gives the rules their words (the scenario's
+    `load_domain(scenario.domain)`; without one, `default_domain()`)."""
 
     def __init__(self, model: Any, vocabulary: Iterable[str], decade_names: Iterable[str], config: UnderstandConfig | None = None,
-                 is_title: Callable[[str], bool] | None = None):
+                 is_title: Callable[[str], bool] | None = None, domain: Domain | None = None):
         self.model = model
+        self.domain = domain or default_domain()
         self.is_title = is_title
         self.config = config or UnderstandConfig()
         self.vocabulary = sorted(set(vocabulary))
@@ -122,20 +126,20 @@ class Understander:
     def messages(self, message: str) -> list[Any]:
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-        turns: list[Any] = [SystemMessage(SYSTEM)]
+        turns: list[Any] = [SystemMessage(SYSTEM_TEMPLATE.format(plural=self.domain.plural))]
         for question, answer in SHOTS:
             turns += [HumanMessage(question), AIMessage(json.dumps(answer, separators=(",", ":")))]
         return [*turns, HumanMessage(" ".join(message.split())[:500])]
 
     def read(self, message: str) -> TurnReading:
-        rules = read_rules(message, self.vocabulary, self.is_title)
+        rules = read_rules(message, self.vocabulary, self.is_title, self.domain)
         if self.model is None or not self.config.use_llm:
             return TurnReading(rules=rules, merged=rules)
         started = time.perf_counter()
         extraction, status = self._ask(message)
         seconds = time.perf_counter() - started
         self.stats.llm_seconds += seconds
-        merged, added, dropped = merge(rules, extraction, message, self.vocabulary) if extraction else (rules, [], [])
+        merged, added, dropped = merge(rules, extraction, message, self.vocabulary, self.domain) if extraction else (rules, [], [])
         self.stats.added += len(added)
         self.stats.dropped += len(dropped)
         return TurnReading(rules=rules, llm=extraction, llm_status=status, added=tuple(added), dropped=tuple(dropped),
@@ -188,25 +192,26 @@ def _in_message(title: str, message: str) -> int | None:
     return m.start() if m and message[m.start()].isupper() else None
 
 
-def merge(rules: Constraints, llm: Extraction, message: str, vocabulary: list[str]) -> tuple[Constraints, list[str], list[str]]:
+def merge(rules: Constraints, llm: Extraction, message: str, vocabulary: list[str],
+          domain: Domain | None = None) -> tuple[Constraints, list[str], list[str]]:
     """The rules' reading plus what the LLM proposed and the message supports (see the module docstring)."""
     added: list[str] = []
     dropped: list[str] = []
     genres, excluded = list(rules.genres), list(rules.exclude_genres)
-    for genre, bucket, other in [*((g, genres, excluded) for g in llm.genres), *((g, excluded, genres) for g in llm.not_genres)]:
+    for genre, bucket, _other in [*((g, genres, excluded) for g in llm.genres), *((g, excluded, genres) for g in llm.not_genres)]:
         if genre in genres or genre in excluded:
             continue  # the rules read it already, and their negation scope decides which side
-        if supported_genre(genre, message, vocabulary):
+        if supported_genre(genre, message, vocabulary, domain):
             bucket.append(genre)
             added.append(f"genre:{genre}" if bucket is genres else f"not-genre:{genre}")
         else:
             dropped.append(f"genre:{genre}")
     if llm.decade != "any":
         low = int(llm.decade[:4])
-        if not supported_years(low, low + 9, message):
+        if not supported_years(low, low + 9, message, domain):
             dropped.append(f"decade:{llm.decade}")
     liked, disliked = list(rules.liked_titles), list(rules.excluded_titles)
-    known = {normal(t) for t in liked + disliked}
+    known = {normal(t) for t in liked + disliked + list(rules.mentions)}
     for title in [*llm.liked, *llm.disliked]:
         if normal(title) in known:
             continue
@@ -214,7 +219,7 @@ def merge(rules: Constraints, llm: Extraction, message: str, vocabulary: list[st
         if where is None:
             dropped.append(f"title:{title}")
             continue
-        (disliked if _negated(message, where) else liked).append(title)
+        (disliked if negated(message, where) else liked).append(title)
         known.add(normal(title))
         added.append(f"title:{title}")
     merged = rules.model_copy(update=dict(genres=tuple(genres), exclude_genres=tuple(excluded), liked_titles=tuple(liked),

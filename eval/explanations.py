@@ -11,7 +11,11 @@ construction, and the informative numbers are how often the LLM's own reasons we
 - claims (`agents.claims`): how often the generated part of a shipped explanation (not llmrec's filled-in
   evidence) still states something outside the catalog and the user's history (a plot, a cast, a title the
   user never watched, a wrong genre or year), per explanation and per claim, by kind; and the same for every
-  attempt the model made, rejected ones included.
+  attempt the model made, rejected ones included;
+- "like X" claims: how many shipped texts say the item is like a watched title, and the share of those claims the
+  co-watch figures support (`CoWatch.close`; it should be 1);
+- information: the share of shipped generated reasons, and of all attempts, that add a word the reader does not
+  already have from the evidence, the item's genres, title and year (`explain.explainer.new_words`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from tqdm.auto import tqdm
 from llmrec.errors import LLMUnavailable
 from llmrec.eval.methods import Case
 from llmrec.explain.claims import KINDS, ClaimChecker
-from llmrec.explain.explainer import Explained, LLMExplainer
+from llmrec.explain.evidence import like_claims
+from llmrec.explain.explainer import Explained, LLMExplainer, new_words, safe_label
 from llmrec.schemas import Explanation, Item
 
 GROUNDING = {"unwatched-title", "no-history-citation"}
@@ -49,6 +54,27 @@ class ClaimRates(BaseModel):
     attempts_outside: float
     """Share of all the model's attempts, rejected ones included, that state something outside."""
     examples: list[dict]
+
+
+class SupportRates(BaseModel):
+    like_claims: int
+    """"Like X" claims (X a watched title) in the shipped texts, evidence and generated parts alike."""
+    like_supported: float
+    """Share of those claims whose co-watch figures pass the support threshold (`CoWatch.close`); 1 when there are none."""
+    examples: list[dict]
+    """Unsupported claims: the item, the title it was said to be like, and the text."""
+
+
+class InformationRates(BaseModel):
+    with_generated: int
+    generated_informative: float
+    """Share of shipped generated reasons with at least one word that the evidence, the item's genres, title and year
+    do not already give (`new_words`); the explainer ships no other, so it should be 1."""
+    attempts: int
+    attempts_informative: float
+    """The same over every attempt the model made, rejected ones included: what the model itself adds."""
+    examples: list[dict]
+    """Attempts that add nothing beyond the evidence."""
 
 
 class ExplanationQuality(BaseModel):
@@ -75,6 +101,44 @@ class ExplanationQuality(BaseModel):
     """Final texts that fail the validator when checked again (the explainer should never return one)."""
     claims: ClaimRates | None = None
     """Claims in the generated parts, checked against the catalog and the history (None when nothing was generated)."""
+    support: SupportRates | None = None
+    information: InformationRates | None = None
+    """None when the model wrote nothing (every explanation is the evidence alone)."""
+
+
+def support_rates(explainer: LLMExplainer, rows: Sequence[tuple[Item, Sequence[Item], Explanation]]) -> SupportRates:
+    """"Like X" claims over (item, history, shipped explanation) rows, each checked against the explainer's co-watch figures."""
+    claims = supported = 0
+    examples = []
+    for item, history, exp in rows:
+        for anchor in like_claims(exp.text, history, safe_label):
+            claims += 1
+            ok = explainer.cowatch.close(item.item_id, anchor.item_id)
+            supported += ok
+            if not ok and len(examples) < 8:
+                examples.append({"item": item.label(), "like": anchor.label(), "text": exp.text})
+    return SupportRates(like_claims=claims, like_supported=supported / claims if claims else 1.0, examples=examples)
+
+
+def information_rates(explainer: LLMExplainer, rows: Sequence[tuple[Item, Explained]]) -> InformationRates | None:
+    """Shares of shipped generated reasons and of all attempts that add words beyond the evidence; None if nothing was generated."""
+    shipped = informative = attempts = informative_attempts = 0
+    examples = []
+    for item, part in rows:
+        for words in part.attempts:
+            attempts += 1
+            adds = bool(new_words(words, part.evidence, item, explainer.domain))
+            informative_attempts += adds
+            if not adds and words and len(examples) < 8:
+                examples.append({"item": item.label(), "evidence": part.evidence, "generated": words})
+        if part.generated:
+            shipped += 1
+            informative += bool(new_words(part.generated, part.evidence, item, explainer.domain))
+    if not shipped and not attempts:
+        return None
+    return InformationRates(with_generated=shipped, generated_informative=informative / shipped if shipped else 0.0,
+                            attempts=attempts, attempts_informative=informative_attempts / attempts if attempts else 0.0,
+                            examples=examples)
 
 
 def claim_rates(checker: ClaimChecker, rows: Sequence[tuple[Item, Sequence[Item], Sequence[Item], Explained]]) -> ClaimRates | None:
@@ -172,4 +236,6 @@ def measure(explainer: LLMExplainer, catalog: Mapping[str, Item], cases: Sequenc
         problems=dict(sorted(problems.items())),
         examples=[{"user_id": c.user_id, "item": i.label(), "source": e.source, "text": e.text} for c, i, e in produced[:8]],
         final_failures=failures, claims=claim_rates(ClaimChecker(catalog.values(), explainer.validator), rows),
+        support=support_rates(explainer, [(item, history, e.explanation) for (item, history, _, e) in rows]),
+        information=information_rates(explainer, [(item, e) for (item, _, _, e) in rows]),
     )

@@ -110,14 +110,19 @@ def _data(info: dict | None) -> list[str]:
         return []
     lines = ["## Data", "", f"Dataset `{info['name']}`: {info['interactions']} interactions kept, {info['users']} users, "
              f"{info['items']} items. " + ("Load notes:" if info["notes"] else "Loading left no notes."), ""]
-    return lines + [f"- {note}" for note in info["notes"]] + ([""] if info["notes"] else [])
+    lines += [f"- {note}" for note in info["notes"]] + ([""] if info["notes"] else [])
+    if info.get("repeated_test_targets_dropped"):
+        lines += [f"{info['repeated_test_targets_dropped']} users' last item repeats an earlier one of theirs; no retriever "
+                  "ranks a seen item, so these users have no test target (`data/split.py`).", ""]
+    return lines
 
 
 def _cold_start(cold: dict | None) -> list[str]:
     if not cold:
         return []
     lines = ["", f"## Cold-start slice: the same {cold['users']} users with only their first {cold['history_items']} training items as history",
-             "", f"Same targets; the retrievers stay fitted on the full training split. The target is among the hybrid's candidates "
+             "", "Same targets; a cold user's retrievers never see their later items: they are fitted in 5 groups of users, each "
+             "group's on the other users' training prefixes and the group's own first items. The target is among the hybrid's candidates "
              f"for {cold['users_target_in_candidates']} users. SASRec and ALS are not rerun on the slice.", "",
              *_table(cold["methods"], "full", ["NDCG@10", "HR@10", "HR@20", "MRR"]), "",
              "| method | n | mean | hybrid | p-value | wins / ties / losses |", "|---|---|---|---|---|---|"]
@@ -210,17 +215,33 @@ def _explanations(info) -> list[str]:
                  ("claims outside (of all claims in shipped generated parts)", f"{claims['claims_outside']:.1%} of {claims['claims']}"),
                  ("claims by kind (outside / found)", ", ".join(f"{k} {v['outside']}/{v['found']}" for k, v in claims["by_kind"].items())),
                  ("all attempts (rejected ones too) stating something outside", f"{claims['attempts_outside']:.1%} of {claims['attempts']}")]
+    support, information = info.get("support"), info.get("information")
+    if support:
+        rows += [("\"like X\" claims supported by co-watch figures (of all such claims in shipped texts)",
+                  f"{support['like_supported']:.1%} of {support['like_claims']}")]
+    if information:
+        rows += [("shipped generated reasons adding information beyond the evidence",
+                  f"{information['generated_informative']:.1%} of {information['with_generated']}"),
+                 ("all attempts adding information beyond the evidence", f"{information['attempts_informative']:.1%} of {information['attempts']}")]
     lines = ["", f"## Explanations (top {info['k']} of `{info['method']}`)", "",
              "Each explanation is llmrec's filled-in evidence (co-watch figures, shared genres) plus one short generated reason; "
              "the validator checks both, the claim checker (`agents.claims`) rejects a reason that states what the catalog and the "
              "user's history cannot hold (a plot, a cast, an unwatched title), and a rejected reason is dropped, so final texts are "
              "grounded by construction. The rejection rates and the all-attempts claim rate measure the LLM itself; the shipped "
-             "claim rate checks the filter (it should be 0).", "",
+             "claim rate checks the filter (it should be 0). A reason adds information when it has a content word that the "
+             "evidence, the item's genres (or a word for them, \"animated\", \"funny\"), title and year do not already give; "
+             "one that adds none is dropped (`no-new-information`), and \"like X\" must be supported by co-watch figures.", "",
              "| measure | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "", "Examples:", ""]
     lines += [f"- ({e['source']}) {e['item']}: {e['text']}" for e in info["examples"][:5]]
     if claims and claims["examples"]:
         lines += ["", "Generated parts with claims outside the catalog / history:", ""]
         lines += [f"- {e['item']}: \"{e['generated']}\" ({'; '.join(e['outside'])})" for e in claims["examples"][:5]]
+    if information and information["examples"]:
+        lines += ["", "Attempts that add nothing beyond the evidence:", ""]
+        lines += [f"- {e['item']}: \"{e['generated']}\" after \"{e['evidence']}\"" for e in information["examples"][:5]]
+    if support and support["examples"]:
+        lines += ["", "\"Like X\" claims the co-watch figures do not support:", ""]
+        lines += [f"- {e['item']} like {e['like']}: {e['text']}" for e in support["examples"][:5]]
     if info.get("final_failures"):
         lines += ["", "Final texts that fail the validator when checked again (a bug in the safety net):", ""]
         lines += [f"- user {f['user_id']}, item {f['item_id']} ({f['source']}, {', '.join(f['problems'])}): {f['text']}"

@@ -4,8 +4,8 @@ What counts as a claim, and when it is *outside* (states something the catalog a
 - `title`: a catalog title (any form the grounding validator knows, or a near spelling, matched with rapidfuzz)
   is outside unless it is the recommended item or in the user's history; a quoted or Title-Cased phrase of two or
   more capitalised words that matches no catalog title ("Star Trek Voyager") is outside: not in the catalog.
-- `genre`: a genre word or synonym ("comedy", "thriller", "animated"/"cartoon" → Animation, "sci-fi" → Sci-Fi,
-  "romantic" → Romance, ...) is outside unless the recommended item, or a history item the text names or the
+- `genre`: a genre word or one of the domain's names for it (`Domain.names`: for movies "animated"/"cartoon" →
+  Animation, "sci-fi" → Sci-Fi, "rom-com" → Romance and Comedy, ...) is outside unless the recommended item, or a history item the text names or the
   evidence cites, has that genre.
 - `year`: a year ("1977") or decade ("1990s", "the 80s", "eighties") is outside unless such an item dates from it.
 - `plot` and `people`: the catalog holds no plot, cast, crew, studio or awards, so every such claim is outside
@@ -20,34 +20,20 @@ Opinions and tone ("great", "dark", "classic", "funny twist") are not claims her
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from llmrec.explain.grounding import GroundingValidator, _title_forms
+from llmrec.domains import Domain, default_domain
+from llmrec.explain.grounding import GroundingValidator
 from llmrec.schemas import Item
+from llmrec.text import WORD as _WORD
+from llmrec.text import fold, normal, title_forms
 
 Kind = Literal["title", "genre", "year", "plot", "people", "figure"]
 KINDS: tuple[Kind, ...] = ("title", "genre", "year", "plot", "people", "figure")
 
-# Synonyms of the MovieLens genres; a catalog's own genre names count too (see ClaimChecker).
-GENRE_SYNONYMS = {
-    "action": "Action", "action packed": "Action", "adventure": "Adventure", "adventures": "Adventure",
-    "adventurous": "Adventure", "animation": "Animation", "animated": "Animation", "cartoon": "Animation",
-    "cartoons": "Animation", "anime": "Animation", "children": "Children's", "children s": "Children's",
-    "kids": "Children's", "comedy": "Comedy", "comedies": "Comedy", "comedic": "Comedy", "crime": "Crime",
-    "gangster": "Crime", "heist": "Crime", "documentary": "Documentary", "documentaries": "Documentary",
-    "drama": "Drama", "dramas": "Drama", "dramatic": "Drama", "fantasy": "Fantasy", "film noir": "Film-Noir",
-    "noir": "Film-Noir", "horror": "Horror", "musical": "Musical", "musicals": "Musical", "mystery": "Mystery",
-    "mysteries": "Mystery", "whodunit": "Mystery", "romance": "Romance", "romantic": "Romance", "romcom": "Romance",
-    "love story": "Romance", "sci fi": "Sci-Fi", "scifi": "Sci-Fi", "science fiction": "Sci-Fi", "thriller": "Thriller",
-    "thrillers": "Thriller", "suspense": "Thriller", "suspenseful": "Thriller", "war": "War", "western": "Western",
-    "westerns": "Western",
-}
-_DECADE_WORDS = {"twenties": 1920, "thirties": 1930, "forties": 1940, "fifties": 1950, "sixties": 1960,
-                 "seventies": 1970, "eighties": 1980, "nineties": 1990}
 _PEOPLE = (r"starr(?:ing|ed)|stars\s+(?!are\b)\w+|co-?stars?|directed|director|directors|written\s+by|produced\s+by|"
            r"screenplay|screenwriter|actor|actors|actress|actresses|cast|performances?|played\s+by|acting|"
            r"disney|pixar|studio|oscars?|academy\s+awards?|awards?|award-winning|box[\s-]office|best-selling|"
@@ -60,7 +46,6 @@ _FIGURE = (r"\d[\d,.]*\s*(?:%|percent|per\s+cent|people|persons|viewers|users|fa
            r"of\s+(?:the\s+)?(?:people|viewers|users|fans))")
 _CUES = re.compile(rf"\b(?:(?P<people>{_PEOPLE})|(?P<plot>{_PLOT})|(?P<figure>{_FIGURE}))(?![\w])", re.IGNORECASE)
 _CLAUSE_END = re.compile(r"[,;:.!?()]|\s(?:and|but|or|while|whereas)\s")
-_WORD = re.compile(r"[0-9A-Za-z]+")  # the grounding validator's words: `mentions` returns one entry per match
 _QUOTED = re.compile(r"[\"“”]([^\"“”]*)[\"“”]")
 _YEAR = re.compile(r"^(18[89]\d|19\d\d|20[0-2]\d)$")
 _DECADE = re.compile(r"^(?:(1[89]\d|20[0-2])0|(\d)0)s$")
@@ -68,14 +53,6 @@ _GENERIC = {"movie", "movies", "film", "films", "genre", "genres", "classic", "c
 _CONNECTORS = {"of", "the", "and", "a", "an", "in", "on", "to", "from", "for", "with", "at", "s", "de", "la", "le", "vs"}
 _JOINERS = re.compile(r"^[\s'’\-:&]*$")  # what may stand between two words of one Title-Cased phrase
 FUZZY_CUTOFF = 88
-
-
-def _ascii(text: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-
-
-def _norm(text: str) -> str:
-    return " ".join(w.lower() for w in _WORD.findall(_ascii(text)))
 
 
 class Claim(BaseModel):
@@ -100,9 +77,10 @@ class ClaimCheck(BaseModel):
 
 
 class ClaimChecker:
-    """Built once per catalog (titles for exact and fuzzy matching, the genre vocabulary)."""
+    """Built once per catalog (titles for exact and fuzzy matching, the genre vocabulary) and its `domain`, whose
+    genre names (`Domain.names`: genres, synonyms, combinations) and decade words are the claims it reads."""
 
-    def __init__(self, items: Iterable[Item], validator: GroundingValidator | None = None):
+    def __init__(self, items: Iterable[Item], validator: GroundingValidator | None = None, domain: Domain | None = None):
         from rapidfuzz import process  # noqa: F401  (fail early, at build time, if it is missing)
 
         items = list(items)
@@ -111,15 +89,15 @@ class ClaimChecker:
         self.forms: dict[str, set[str]] = {}  # normalised title form → item ids, for fuzzy matching
         for item in items:
             if "unknown-title" not in item.flags:
-                forms = _title_forms(item.title)
+                forms = title_forms(item.title)
                 forms |= {f.split(":")[0] for f in forms if ":" in f}  # "Ace Ventura" of "Ace Ventura: Pet Detective"
                 for form in forms:
-                    if len(_norm(form)) >= 4:
-                        self.forms.setdefault(_norm(form), set()).add(item.item_id)
+                    if len(normal(form)) >= 4:
+                        self.forms.setdefault(normal(form), set()).add(item.item_id)
         self.choices = list(self.forms)
         names = {g for item in items for g in item.genres}
-        self.genres = {_norm(g): g for g in names if _norm(g)}
-        self.genres.update({k: v for k, v in GENRE_SYNONYMS.items() if v in names or not names})
+        self.domain = domain or default_domain()
+        self.genres = self.domain.names(names)  # normalised phrase -> the genres it names
         self.longest_genre = max((len(k.split()) for k in self.genres), default=1)
 
     def check(self, generated: str, target: Item, history: Sequence[Item], cited: Sequence[Item] = ()) -> ClaimCheck:
@@ -127,7 +105,7 @@ class ClaimChecker:
 
         `cited`: history items the filled-in evidence names, whose genres and years the text may repeat.
         """
-        text = _ascii(generated)
+        text = fold(generated)
         words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
         found, left = self.validator.mentions(generated)
         if len(left) != len(words):
@@ -221,7 +199,7 @@ class ClaimChecker:
     def _fuzzy(self, phrase: str) -> set[str] | None:
         from rapidfuzz import fuzz, process
 
-        key = _norm(phrase)
+        key = normal(phrase)
         if key in self.forms:
             return self.forms[key]
         best = process.extractOne(key, self.choices, scorer=fuzz.ratio, score_cutoff=FUZZY_CUTOFF)
@@ -232,13 +210,14 @@ class ClaimChecker:
         claims, n = [], 0
         while n < len(words):
             size = next((s for s in range(min(self.longest_genre, len(words) - n), 0, -1)
-                         if not any(used[n:n + s]) and _norm(" ".join(w for w, _, _ in words[n:n + s])) in self.genres), 0)
+                         if not any(used[n:n + s]) and normal(" ".join(w for w, _, _ in words[n:n + s])) in self.genres), 0)
             if not size:
                 n += 1
                 continue
-            genre = self.genres[_norm(" ".join(w for w, _, _ in words[n:n + size]))]
+            genres = self.genres[normal(" ".join(w for w, _, _ in words[n:n + size]))]
+            genre = "+".join(genres)
             phrase = text[words[n][1]:words[n + size - 1][2]]
-            outside = genre not in allowed
+            outside = not set(genres) <= allowed
             claims.append(Claim(kind="genre", text=phrase, outside=outside,
                                 why=f"{genre}: " + ("not a genre of the item or a named history item" if outside else "in the catalog")))
             n += size
@@ -256,7 +235,7 @@ class ClaimChecker:
                 claims.append(Claim(kind="year", text=word, outside=outside, why="" if not outside else f"the items date from {sorted(years)}"))
                 continue
             decade = _DECADE.match(lower)
-            start = _DECADE_WORDS.get(lower)
+            start = self.domain.decades.get(lower)
             if decade:
                 two = int(decade.group(2) or 0) * 10  # "80s" → 1980s, "00s" and "10s" → 2000s and 2010s
                 start = int(decade.group(1)) * 10 if decade.group(1) else (1900 if two >= 20 else 2000) + two

@@ -9,6 +9,9 @@ For each recommended item:
   The evidence and the reason are validated together, and the reason's claims are checked against the catalog
   and the history (`agents.claims`: no plot, cast or unwatched title); a rejected reason is dropped (or retried,
   when `retries` > 0), and the evidence alone is shipped, marked `source="template"`.
+  A reason is shipped only if it adds something the evidence does not already say (`new_words`: "because it is a
+  comedy" after "both are Comedy" does not), and says the item is "like" a watched title only where the co-watch
+  figures support it (`CoWatch.close`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,15 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from llmrec.domains import Domain, default_domain, load_domain
 from llmrec.explain.claims import ClaimChecker
-from llmrec.explain.evidence import CoWatch, evidence, mask_figures
+from llmrec.explain.evidence import CoWatch, evidence, like_claims, mask_figures
 from llmrec.explain.grounding import GroundingValidator
 from llmrec.prompts import ExplainPromptBuilder
 from llmrec.prompts.builders import safe_title
 from llmrec.protocols import AdapterRef, LLMEngine
 from llmrec.schemas import Explanation, Item
+from llmrec.text import normal, title_forms
 
 _CLAUSE = re.compile(r"[,;:]| (?:and|but|or|who|which|that|with|while|where|because)\b")
 STOP = ("\n", ".", "!", "?")
@@ -36,7 +41,6 @@ class LLMExplainerConfig(BaseModel):
     max_tokens: int = Field(default=12, ge=4, le=256, description="A short reason; one cut off is kept up to its last clause boundary.")
     retries: int = Field(default=0, ge=0, le=3, description="Sampled retries of rejected reasons; 0 keeps it to one batch.")
     retry_temperature: float = 0.8
-    min_viewers: int = Field(default=5, ge=1, description="Co-watch figures cite a history item only if this many watched it.")
 
 
 def safe_label(item: Item) -> str:
@@ -55,6 +59,51 @@ def _finish(prefix: str, continuation: str) -> str:
             text = text[: i + 1]
             break
     return (prefix.strip() + text).strip()
+
+
+_STOP = frozenset("""a an the and or but nor of to in on at by for from with as into than then so too very also just
+it it's its this that these those there here is are was were be been being has have had do does did s not no
+you your yours you've you'll you'd i me my we our they them their he him his she her who which what whom
+may might will would can could should must if because since both another other others more most much many
+some any such same similar like likes liked liking love loves loved enjoy enjoys enjoyed enjoying watch watches about
+watched watching see seen fan fans movie movies film films one ones kind type sort genre genres style story
+great good fun nice well best better favorite favourite popular classic classics interesting entertaining
+enjoyable amazing excellent perfect wonderful really quite lot lots way thing things something""".split())
+"""Words that carry no information about an item: function words and empty praise ("a great film you will enjoy")."""
+
+
+def _genre_words(domain: Domain) -> dict[str, frozenset[str]]:
+    """Word -> the genres it names or paraphrases in `domain`: a genre's own words and synonyms ("animated") map to
+    every genre, so that none counts as news (it repeats the item's genres, or the validator rejects it as wrong); a
+    mood word ("funny", "detective") maps to its genre, and is news only about an item without that genre."""
+    table: dict[str, set[str]] = {}
+    every = set(domain.synonyms) | set(domain.moods)
+    for source, names in ((domain.synonyms, True), (domain.moods, False)):
+        for genre, phrases in source.items():
+            for phrase in (genre, *phrases) if names else phrases:
+                for word in normal(phrase).split():
+                    table.setdefault(word, set()).update(every if names else {genre})
+    return {w: frozenset(g) for w, g in table.items()}
+
+
+def _stem(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+def new_words(generated: str, evidence: str, item: Item, domain: Domain | None = None) -> tuple[str, ...]:
+    """The content words of a generated reason that the reader does not already have: not in the evidence, nor the
+    item's title or year, nor a genre word (`domain`'s genres and synonyms: "animated"), nor a mood word for one of the
+    item's genres ("funny" for a Comedy), after lower-casing, folding accents and plurals, and not function words or
+    empty praise (`_STOP`: "a great movie"). An empty answer means the reason adds nothing beyond the evidence."""
+    genres = _genre_words(domain or default_domain())
+    shown = " ".join([evidence, *item.genres, str(item.year or ""), *title_forms(item.title)])
+    known = {_stem(w) for w in normal(shown).split()} | {_stem(w) for w in _STOP}
+    return tuple(sorted({_stem(w) for w in normal(generated).split()
+                         if w not in _STOP and _stem(w) not in known and not genres.get(w, frozenset()) & set(item.genres)}))
 
 
 @dataclass(frozen=True)
@@ -82,15 +131,17 @@ class LLMExplainer:
         self.config = config or LLMExplainerConfig()
         self.adapter = adapter
         self.cowatch = cowatch if cowatch is not None else CoWatch({})
+        self.domain = load_domain(prompts.config.domain)
+        """The words for each genre, so that a reason that only paraphrases the item's genres is not shipped."""
 
     def evidence(self, history: Sequence[Item], item: Item) -> tuple[str, tuple[str, ...]]:
         """(the filled-in evidence, the history items it cites): co-watch figures, or else the most related watched item."""
-        anchor, best = None, self.cowatch.best_anchor(item.item_id, [h.item_id for h in history], min_viewers=self.config.min_viewers)
+        anchor, best = None, self.cowatch.best_anchor(item.item_id, [h.item_id for h in history])
         if best is None:
             related = self.prompts.related(history, item)
             anchor = related[0] if related else None
-        text = evidence(item, history, self.cowatch, anchor=anchor, label=safe_label, min_viewers=self.config.min_viewers)
-        named = (best[0],) if best else (anchor.item_id,) if anchor else ()
+        text = evidence(item, history, self.cowatch, anchor=anchor, label=safe_label)
+        named = (best[0],) if best else (anchor.item_id,) if anchor and safe_label(anchor) in text else ()
         return text, self.validate(text, history, item, text)[0] or named
 
     def validate(self, text: str, history: Sequence[Item], item: Item, facts: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -157,6 +208,10 @@ class LLMExplainer:
             found = (*found, "no-reason")  # the model stopped right after the pre-filled words
         elif unfinished:
             found = (*found, "unfinished")
+        elif not found and not new_words(generated, facts, item, self.domain):
+            found = ("no-new-information",)  # it repeats the evidence, the item's genres or its title
+        if any(not self.cowatch.close(item.item_id, h.item_id) for h in like_claims(generated, history, safe_label)):
+            found = (*found, "unsupported-like")
         return found, Explained(Explanation(item_id=item.item_id, text=text, source="llm", cited_item_ids=cited), facts, generated)
 
     def fallback(self, history: Sequence[Item], items: Sequence[Item], reason: str) -> list[Explanation]:

@@ -22,40 +22,17 @@ is a claim like any other.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from llmrec.prompts.builders import safe_title
 from llmrec.prompts.safety import looks_like_instruction, withheld
 from llmrec.schemas import Item
+from llmrec.text import ARTICLE_WORDS, WORD, fold, title_forms
 
 MAX_CHARS = 320
-ARTICLES = ("The", "A", "An", "La", "Le", "Les", "L'", "Il", "Lo", "Gli", "Das", "Der", "Die", "Det", "El", "Los", "O")
-_INVERTED = re.compile(r"^(.+), (" + "|".join(re.escape(a) for a in ARTICLES) + r")$")
-_ALTERNATIVE = re.compile(r"^(.+?)\s*\(([^()]+)\)$")
 _YEAR = re.compile(r"^(1[89]\d\d|20\d\d)$")
-_WORD = re.compile(r"[0-9A-Za-z]+")
 _QUOTED = re.compile(r"[\"“”]([^\"“”]*)[\"“”]")
-_ARTICLE_WORDS = {t.lower() for a in ARTICLES for t in _WORD.findall(a)}
-
-
-def _ascii(text: str) -> str:
-    """Accents dropped ("Misérables" → "Miserables"), so the LLM's spelling and the catalog's meet."""
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-
-
-def _title_forms(title: str) -> set[str]:
-    """The stored title, its main and alternative parts, each in stored and natural article order."""
-    forms = {title}
-    parts = _ALTERNATIVE.match(title)
-    if parts and not _YEAR.match(parts.group(2)):
-        forms |= {parts.group(1), parts.group(2)}
-    for form in list(forms):
-        inverted = _INVERTED.match(form)
-        if inverted:
-            forms.add(f"{inverted.group(2)} {inverted.group(1)}")
-    return forms
 
 
 @dataclass
@@ -76,8 +53,8 @@ class _Text:
 
     @classmethod
     def of(cls, text: str) -> _Text:
-        text = _ascii(text)
-        words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+        text = fold(text)
+        words = [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
         return cls(text, words, [(m.start(1), m.end(1)) for m in _QUOTED.finditer(text)])
 
     def key(self, i: int, j: int) -> tuple[str, ...]:
@@ -97,23 +74,23 @@ class GroundingValidator:
         for item in items:
             if "unknown-title" not in item.flags:
                 shown = safe_title(item)  # what prompts and fallbacks write: a sanitised or withheld title
-                for form in _title_forms(item.title) | ({shown} if shown == withheld(item.item_id) else _title_forms(shown)):
+                for form in title_forms(item.title) | ({shown} if shown == withheld(item.item_id) else title_forms(shown)):
                     self._add(form, item.item_id)
             genres.update(item.genres)
         self.longest = max((len(key) for key in self.titles), default=0)
-        self.genres = {tuple(w.lower() for w in _WORD.findall(_ascii(g))) for g in genres} - {()}
+        self.genres = {tuple(w.lower() for w in WORD.findall(fold(g))) for g in genres} - {()}
 
     def _add(self, form: str, item_id: str) -> None:
-        words = tuple(_WORD.findall(_ascii(form)))
+        words = tuple(WORD.findall(fold(form)))
         if not words:
             return
         entry = self.titles.setdefault(tuple(w.lower() for w in words), _Title())
         entry.ids.add(item_id)
         entry.cased.add(words)
         core = list(words)  # the title without its article, in either order
-        if len(core) > 1 and core[0].lower() in _ARTICLE_WORDS:
+        if len(core) > 1 and core[0].lower() in ARTICLE_WORDS:
             core.pop(0)
-        if len(core) > 1 and core[-1].lower() in _ARTICLE_WORDS:
+        if len(core) > 1 and core[-1].lower() in ARTICLE_WORDS:
             core.pop()
         entry.short = entry.short and (len(core) < 2 or len("".join(core)) < 6)
 
@@ -121,8 +98,8 @@ class GroundingValidator:
         if not entry.short:
             return True
         words = tuple(w for w, _, _ in text.words[i:j])
-        same_case = any(all(a == b or a.lower() in _ARTICLE_WORDS for a, b in zip(words, cased)) for cased in entry.cased)
-        return same_case and (words[0].lower() in _ARTICLE_WORDS or not text.starts_sentence(i))
+        same_case = any(all(a == b or a.lower() in ARTICLE_WORDS for a, b in zip(words, cased)) for cased in entry.cased)
+        return same_case and (words[0].lower() in ARTICLE_WORDS or not text.starts_sentence(i))
 
     def mentions(self, text: str) -> tuple[list[set[str]], list[str | None]]:
         """(item ids of each title mentioned, the words left over with title words blanked to None)."""
@@ -170,7 +147,7 @@ class GroundingValidator:
                 problems.append("unwatched-title")
         if not cited:
             problems.append("no-history-citation")
-        allowed = {tuple(w.lower() for w in _WORD.findall(_ascii(g))) for item in [target, *cited] for g in item.genres}
+        allowed = {tuple(w.lower() for w in WORD.findall(fold(g))) for item in [target, *cited] for g in item.genres}
         if any(self._has(left, genre) for genre in self.genres - allowed):
             problems.append("wrong-genre")
         years = {item.year for item in [target, *cited] if item.year}

@@ -3,7 +3,7 @@
 import pytest
 
 from llmrec.explain.evidence import CoWatch
-from llmrec.explain.explainer import LLMExplainer, LLMExplainerConfig, _finish
+from llmrec.explain.explainer import LLMExplainer, LLMExplainerConfig, _finish, new_words
 from llmrec.explain.grounding import GroundingValidator
 from llmrec.prompts import ExplainPromptBuilder
 from llmrec.schemas import Item
@@ -22,22 +22,45 @@ def explainer(text, config=None, cowatch=None):
 
 
 def test_grounded_reason_follows_the_filled_in_evidence():
-    [e] = explainer(lambda p: " it is an animated comedy.").explain([ITEMS[0]], [ITEMS[1]])
+    [e] = explainer(lambda p: " it is an animated comedy with songs.").explain([ITEMS[0]], [ITEMS[1]])
     assert e.source == "llm" and e.cited_item_ids == ("1",)
-    assert e.text == 'Like Toy Story (1995), it is Animation, Comedy. You may like "Aladdin" because it is an animated comedy.'
+    # No co-watch figures support "like Toy Story" here: the evidence names only the genres the two share.
+    assert e.text == 'It shares Animation, Comedy with Toy Story (1995). You may like "Aladdin" because it is an animated comedy with songs.'
+
+
+def test_a_reason_that_only_repeats_the_evidence_is_not_shipped():
+    # The examples: the reason restates the genres the evidence and the item already show.
+    for said in (" it is a comedy.", " it is an animated comedy.", " it is a funny, animated musical.", " it is a great film you will enjoy."):
+        [e] = explainer(lambda p, said=said: said).explain([ITEMS[0]], [ITEMS[1]])
+        assert e.source == "template" and e.problems == ("no-new-information",), said
+        assert e.text == "It shares Animation, Comedy with Toy Story (1995)."
+    [e] = explainer(lambda p: " it is a comedy with songs to sing along to.").explain([ITEMS[0]], [ITEMS[1]])
+    assert e.source == "llm" and e.problems == ()
+
+
+def test_new_words_are_what_the_reader_does_not_already_have():
+    aladdin, patton = ITEMS[1], ITEMS[2]
+    facts = "Of the 5 people who watched Toy Story (1995), 4 also watched it; both are Animation, Comedy."
+    assert new_words("it is a comedy", facts, aladdin) == ()
+    assert new_words("it is an animated Comedies musical from 1992, like Aladdin", facts, aladdin) == ()  # plural, year, title
+    plain = "Of the 5 people who watched Toy Story (1995), 4 also watched it."
+    assert new_words("a comedy, war, and a comedy", plain, patton) == ()  # a genre word is never news (or it is wrong)
+    assert new_words("a funny war drama", plain, patton) == ("funny",)  # a mood word is, for an item without its genre
+    assert new_words("it's a classic movie with a lot of action", plain, patton) == ()  # the real model's words
+    assert new_words("it is a funny musical with catchy songs", facts, aladdin) == ("catchy", "song")
 
 
 def test_co_watch_figures_are_filled_in_and_the_parts_kept_apart():
-    [part] = explainer(lambda p: " it is a comedy", cowatch=COWATCH).explain_parts([ITEMS[2], ITEMS[0]], [ITEMS[1]])
+    [part] = explainer(lambda p: " it has songs", cowatch=COWATCH).explain_parts([ITEMS[2], ITEMS[0]], [ITEMS[1]])
     assert part.evidence == "Of the 5 people who watched Toy Story (1995), 4 also watched it; both are Animation, Comedy."
-    assert part.generated == "it is a comedy" and part.attempts == ("it is a comedy",)
-    assert part.explanation.text == part.evidence + ' You may like "Aladdin" because it is a comedy.'  # the stop string is put back
+    assert part.generated == "it has songs" and part.attempts == ("it has songs",)
+    assert part.explanation.text == part.evidence + ' You may like "Aladdin" because it has songs.'  # the stop string is put back
 
 
 def test_a_count_is_never_read_as_a_numeric_title():
     catalog = [*ITEMS, Item(item_id="330", title="187", year=1997, genres=("Drama",))]  # ML-100K has a movie "187"
     cowatch = CoWatch({f"u{n}": ["1", "2"] if n < 100 else ["1"] for n in range(187)})
-    engine = ScriptedEngine(text=lambda p: " it is a musical.")
+    engine = ScriptedEngine(text=lambda p: " it is a musical with songs.")
     [e] = LLMExplainer(engine, ExplainPromptBuilder(), GroundingValidator(catalog), cowatch=cowatch).explain([ITEMS[0]], [ITEMS[1]])
     assert e.text.startswith("Of the 187 people who watched Toy Story (1995), 100 also watched it")
     assert e.source == "llm" and e.problems == () and e.cited_item_ids == ("1",)
@@ -46,7 +69,7 @@ def test_a_count_is_never_read_as_a_numeric_title():
 
 def test_all_items_go_in_one_batch_whose_prompts_share_the_history_prefix():
     prompts = []
-    engine = ScriptedEngine(text=lambda p: prompts.append(p) or " it is a musical.")
+    engine = ScriptedEngine(text=lambda p: prompts.append(p) or " it is a musical with songs.")
     history = [ITEMS[0], ITEMS[2]]
     explained = LLMExplainer(engine, ExplainPromptBuilder(), GroundingValidator(ITEMS), cowatch=COWATCH).explain(history, ITEMS[1:2] + ITEMS[3:])
     assert engine.calls == [("generate", 2)] and [e.source for e in explained] == ["llm", "llm"]
@@ -58,7 +81,7 @@ def test_all_items_go_in_one_batch_whose_prompts_share_the_history_prefix():
 def test_a_rejected_reason_leaves_the_evidence_alone():
     [e] = explainer(lambda p: " it is a gripping war film.").explain([ITEMS[0]], [ITEMS[1]])
     assert e.source == "template" and "wrong-genre" in e.problems and e.cited_item_ids == ("1",)
-    assert e.text == "Like Toy Story (1995), it is Animation, Comedy."
+    assert e.text == "It shares Animation, Comedy with Toy Story (1995)."
 
 
 def test_a_reason_stating_a_plot_or_cast_is_not_shipped_when_claims_are_checked():
@@ -74,17 +97,17 @@ def test_a_reason_stating_a_plot_or_cast_is_not_shipped_when_claims_are_checked(
     starring = LLMExplainer(ScriptedEngine(text=lambda p: " it is starring Robin Williams."), ExplainPromptBuilder(),
                             GroundingValidator(ITEMS), claims=ClaimChecker(ITEMS, GroundingValidator(ITEMS)))
     assert "outside-people" in starring.explain([ITEMS[0]], [ITEMS[1]])[0].problems
-    [fine] = LLMExplainer(ScriptedEngine(text=lambda p: " it is an animated comedy."), ExplainPromptBuilder(), GroundingValidator(ITEMS),
+    [fine] = LLMExplainer(ScriptedEngine(text=lambda p: " it is an animated comedy with songs."), ExplainPromptBuilder(), GroundingValidator(ITEMS),
                           claims=ClaimChecker(ITEMS, GroundingValidator(ITEMS))).explain([ITEMS[0]], [ITEMS[1]])
     assert fine.source == "llm" and fine.problems == ()
 
 
 def test_a_rejected_reason_is_retried_when_asked():
-    attempts = iter([" it is a gripping war film.", " it is a musical."])
+    attempts = iter([" it is a gripping war film.", " it is a musical with songs."])
     engine = ScriptedEngine(text=lambda p: next(attempts))
     [e] = LLMExplainer(engine, ExplainPromptBuilder(), GroundingValidator(ITEMS), LLMExplainerConfig(retries=1)).explain([ITEMS[0]], [ITEMS[1]])
     assert engine.calls == [("generate", 1), ("generate", 1)]
-    assert e.source == "llm-retry" and e.problems == ("wrong-genre",) and e.text.endswith("because it is a musical.")
+    assert e.source == "llm-retry" and e.problems == ("wrong-genre",) and e.text.endswith("because it is a musical with songs.")
 
 
 def test_empty_or_cut_off_reasons_fall_back_and_long_ones_are_cut_at_a_clause_boundary():
@@ -93,8 +116,8 @@ def test_empty_or_cut_off_reasons_fall_back_and_long_ones_are_cut_at_a_clause_bo
     long = " it is a funny musical with songs that " + "you sing along to " * 4  # 28 words: more than max_tokens (the scripted engine counts words)
     [e] = explainer(lambda p: long).explain([ITEMS[0]], [ITEMS[1]])
     assert e.source == "llm" and e.text.endswith('because it is a funny musical with songs.')
-    [e] = explainer(lambda p: " it is a musical, " + "very " * 20).explain([ITEMS[0]], [ITEMS[1]])
-    assert e.source == "llm" and e.text.endswith('because it is a musical.')
+    [e] = explainer(lambda p: " it is a musical with songs, " + "very " * 20).explain([ITEMS[0]], [ITEMS[1]])
+    assert e.source == "llm" and e.text.endswith('because it is a musical with songs.')
     [e] = explainer(lambda p: " it is " + "very " * 20).explain([ITEMS[0]], [ITEMS[1]])
     assert e.source == "template" and "unfinished" in e.problems
 
@@ -125,7 +148,7 @@ def test_an_imperative_the_model_writes_is_never_shipped():
 def test_an_injected_title_reaches_neither_the_prompt_nor_the_explanation():
     evil = Item(item_id="9", title=INJECTED, year=1995, genres=("Comedy",))
     prompts = []
-    engine = ScriptedEngine(text=lambda p: prompts.append(p) or " it is an animated comedy.")
+    engine = ScriptedEngine(text=lambda p: prompts.append(p) or " it is an animated comedy with songs.")
     [e] = LLMExplainer(engine, ExplainPromptBuilder(), GroundingValidator([*ITEMS, evil])).explain([ITEMS[0]], [evil])
     assert prompts and not any(s in p for p in prompts for s in IMPERATIVES)
     assert not any(s in e.text for s in IMPERATIVES) and "item 9 (title withheld)" in e.text

@@ -102,7 +102,7 @@ def test_years_and_genre_words_inside_quoted_titles_are_not_claims():
 
 def test_every_ml100k_title_is_recognised_quoted_in_both_orders(home):
     from llmrec.data.datasets import load_dataset
-    from llmrec.explain.grounding import _title_forms
+    from llmrec.text import title_forms as _title_forms
 
     items = [i for i in load_dataset("ml-100k", home).items.values() if "unknown-title" not in i.flags]
     validator = GroundingValidator(items)
