@@ -23,21 +23,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from llmrec.adapters.encoder_lora import LORA_FOLDER, EncoderLoraConfig, train_encoder_lora
-from llmrec.adapters.fit import WeightFit, fit_weight
+from llmrec.adapters.fit import OBJECTIVE_GRIDS, SHORT_HISTORY_ITEMS, WeightFit, fit_weight_halves, validation_halves, validation_runs
 from llmrec.adapters.loop import swap_in
 from llmrec.adapters.towers_data import Examples, next_item_examples, validation_ndcg
+from llmrec.assets import unique_sibling_dir
 from llmrec.data.split import LeaveOneOutSplit
 from llmrec.engines.encoder import ITEM_TEXT_VERSION, ItemEncoderConfig, ItemVectors
+from llmrec.engines.models import trains_on_config_threads
 from llmrec.errors import DatasetError
 from llmrec.manifest import model_identity
 from llmrec.objectives import EMBEDDING as OBJECTIVE
 from llmrec.objectives import TrainRequest
 from llmrec.protocols import Retriever
 from llmrec.ranking.embedding import TENSORS, WEIGHTS_FILE, EmbeddingRanker, TwoTower, TwoTowerConfig
-from llmrec.schemas import Item, UserHistory
+from llmrec.schemas import Item
 from llmrec.settings import Settings
 
-EMBEDDING_GRID = (0.0, 0.125, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 8.0, math.inf)
+EMBEDDING_GRID = OBJECTIVE_GRIDS[OBJECTIVE]
 """Finer than WEIGHT_GRID below 2: the two-tower's log-softmax is on a different scale than label logprobs."""
 
 
@@ -60,7 +62,7 @@ class EmbeddingTrainConfig(BaseModel):
         "two threads spun in OpenMP barriers (5 seeds took 100 CPU-s on one thread, over 15 CPU-min on two, unfinished)."))
     fusion_grid: tuple[float, ...] = EMBEDDING_GRID
     candidates: int = Field(default=20, ge=2, description="Retriever candidates the fusion weight is fitted on.")
-    short_history_items: int = Field(default=3, ge=0, description=(
+    short_history_items: int = Field(default=SHORT_HISTORY_ITEMS, ge=0, description=(
         "Histories of at most this many items get a fusion weight of their own, fitted and gated on validation targets "
         "with each user's first N training items as history (0: one weight for all)."))
     encoder_lora: EncoderLoraConfig | None = Field(default=None, description=(
@@ -104,12 +106,9 @@ class TrainResult:
     manifest: dict
 
 
+@trains_on_config_threads  # config.threads for this call only
 def train_towers(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingTrainConfig, progress: bool = True) -> TrainResult:
     """`config.seeds` towers (seeds seed, seed+1, ...), each with its best validation epoch, joined into one (`join`)."""
-    import torch
-
-    if config.threads:
-        torch.set_num_threads(config.threads)
     data = next_item_examples(split.train, vectors.index(), config.tower)
     if not len(data.target):
         raise DatasetError("no next-item training examples: every user's training prefix is shorter than 2 items")
@@ -120,16 +119,20 @@ def train_towers(vectors: ItemVectors, split: LeaveOneOutSplit, config: Embeddin
         if budget.spent():
             break
     tower = join([run.pop("tower") for run in runs])
-    ndcg = validation_ndcg(tower, vectors, split) if len(runs) > 1 else runs[0]["valid_ndcg10"]
+    selecting = validation_halves(split.valid_users(), config.seed).selection
+    ndcg = validation_ndcg(tower, vectors, split, users=selecting) if len(runs) > 1 else runs[0]["valid_ndcg10"]
     manifest = {"examples": len(data.target), "steps": budget.steps, "wall_time_s": round(time.perf_counter() - budget.started, 1),
-                "seeds": runs, "valid_ndcg10_alone_full_ranking": round(ndcg, 5)}
+                "seeds": runs, "valid_ndcg10_alone_full_ranking": round(ndcg, 5), "valid_users_selecting": len(selecting)}
     return TrainResult(tower, manifest)
 
 
 def _train_one(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingTrainConfig, data: Examples, seed: int,
                budget: _Budget, progress: bool) -> dict:
-    """AdamW on a full-catalog softmax; the epoch with the best validation NDCG@10 is kept (patience ends it early)."""
+    """AdamW on a full-catalog softmax; the epoch with the best validation NDCG@10 on the selection half of the
+    validation users is kept (patience ends it early): the gate half stays unseen by this choice."""
     import torch
+
+    selecting = validation_halves(split.valid_users(), config.seed).selection
 
     towers = _Towers(vectors.matrix, config.tower, seed)
     optimizer = torch.optim.AdamW(towers.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -153,7 +156,7 @@ def _train_one(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingT
             if stop:
                 break
         tower = towers.export()
-        ndcg = validation_ndcg(tower, vectors, split)
+        ndcg = validation_ndcg(tower, vectors, split, users=selecting)
         curve.append({"epoch": epoch, "examples": seen, "train_loss": round(total / seen, 4), "valid_ndcg10": round(ndcg, 5),
                       "seconds": round(time.perf_counter() - budget.started, 1)})
         if ndcg > best[0]:
@@ -201,18 +204,12 @@ class _Budget:
 
 def fit_fusion(ranker: EmbeddingRanker, catalog: dict[str, Item], split: LeaveOneOutSplit, retriever: Retriever,
                config: EmbeddingTrainConfig, progress: bool = True, first_items: int | None = None) -> tuple[WeightFit, dict[str, float], int]:
-    """The fusion weight on validation targets among the retriever's candidates (`fit_weight`: gated by significance);
-    `first_items`: with each user's first N training items as the history instead (the short-history weight)."""
-    runs = []
-    for user in tqdm(split.valid_users(), desc="fusion fit (validation users)" + (f", first {first_items} items" if first_items else ""),
-                     unit="user", disable=not progress):
-        history = split.valid_history(user)
-        if first_items:
-            history = UserHistory(user_id=user, item_ids=split.train[user][:first_items])
-        candidates = retriever.retrieve(history, config.candidates)
-        scores = ranker.score_many([([catalog[i] for i in history.item_ids], candidates)])[0]
-        runs.append(([c.item_id for c in candidates], scores, [c.retriever_rank for c in candidates], split.valid[user]))
-    fit = fit_weight(runs, config.fusion_grid)
+    """The fusion weight on validation targets among the retriever's candidates, chosen on the selection half of the
+    validation users and gated on the other (`fit_weight_halves`); `first_items`: with each user's first N training
+    items as the history instead (the short-history weight; retrieved without the user's later items)."""
+    runs = validation_runs(ranker, catalog, split, split.valid_users(), config.candidates, retriever, first_items, config.seed,
+                           progress=progress)
+    fit = fit_weight_halves(runs, config.seed, config.fusion_grid)
     grid = {("inf" if math.isinf(w) else str(w)): round(v, 5) for w, v in fit.table.items()}
     return fit, grid, len(runs)
 
@@ -223,14 +220,16 @@ def save_adapter(out: Path, tower: TwoTower, manifest: dict, save_lora=None) -> 
     `save_lora(folder)` writes stage 2's encoder LoRA (a PEFT folder) into `encoder-lora/`."""
     from safetensors.numpy import save_file
 
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    if save_lora is not None:
-        save_lora(tmp / LORA_FOLDER)
-    save_file({k: np.ascontiguousarray(v) for k, v in tower.tensors.items()}, str(tmp / WEIGHTS_FILE))
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    swap_in(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = unique_sibling_dir(out)
+    try:
+        if save_lora is not None:
+            save_lora(tmp / LORA_FOLDER)
+        save_file({k: np.ascontiguousarray(v) for k, v in tower.tensors.items()}, str(tmp / WEIGHTS_FILE))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        swap_in(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when swapped in
     return out
 
 

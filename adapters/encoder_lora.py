@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from llmrec.assets import atomic_save
 from llmrec.engines.encoder import ItemEncoderConfig, ItemVectors, item_text, pooled_layer
 from llmrec.errors import TrainingConflict, TrainingInterrupted
 from llmrec.ranking.embedding import TwoTower
@@ -154,6 +155,7 @@ def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, 
     """
     import torch
 
+    from llmrec.adapters.fit import validation_halves
     from llmrec.adapters.towers_data import next_item_examples, validation_ndcg
 
     torch.manual_seed(config.seed)
@@ -178,10 +180,11 @@ def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, 
     def validate() -> tuple[float, np.ndarray]:
         with torch.no_grad():
             matrix = window.encode_all().numpy()
-        return validation_ndcg(export(), ItemVectors(vectors.ids, matrix), split), matrix
+        return validation_ndcg(export(), ItemVectors(vectors.ids, matrix), split, users=selecting), matrix
 
+    selecting = validation_halves(split.valid_users(), config.seed).selection  # the gate half stays unseen by this choice
     if saved is None:
-        stage1 = validation_ndcg(tower, vectors, split)
+        stage1 = validation_ndcg(tower, vectors, split, users=selecting)
         order = torch.randperm(len(target), generator=generator)
         run = {"step": 0, "at": 0, "losses": [], "seconds": 0.0, "stage1": stage1,
                "curve": [{"step": 0, "valid_ndcg10": round(stage1, 5), "seconds": 0.0}],
@@ -203,11 +206,9 @@ def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, 
             return
         run["seconds"] = round(time.perf_counter() - started, 1)
         lora = {k: v.detach().clone() for k, v in window.peft.state_dict().items() if "lora_" in k}
-        tmp = checkpoint.with_name(checkpoint.name + ".tmp")
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"key": key, "run": run, "order": order, "lora": lora, "towers": {k: v.detach().clone() for k, v in towers.items()},
-                    "optimizer": optimizer.state_dict(), "generator": generator.get_state()}, tmp)
-        tmp.replace(checkpoint)
+        state = {"key": key, "run": run, "order": order, "lora": lora, "towers": {k: v.detach().clone() for k, v in towers.items()},
+                 "optimizer": optimizer.state_dict(), "generator": generator.get_state()}
+        atomic_save(checkpoint, lambda handle: torch.save(state, handle))
 
     stopped = f"step budget ({config.steps}) spent"
     bar = tqdm(range(run["step"] + 1, config.steps + 1), initial=run["step"], total=config.steps, desc="encoder LoRA steps",
@@ -257,7 +258,7 @@ def train_encoder_lora(model: str, items: Sequence[Item], vectors: ItemVectors, 
                 "valid_curve": curve, "valid_ndcg10_stage1": round(run["stage1"], 5), "best_step": best["step"],
                 "valid_ndcg10_kept": round(best["ndcg"], 5), "valid_ndcg10_max": round(max(c["valid_ndcg10"] for c in curve), 5),
                 "trainable_parameters": sum(p.numel() for p in window.parameters()),
-                "dtype": encoder.dtype,
+                "dtype": encoder.dtype, "valid_users_selecting": len(selecting),
                 "kept": best["lora"] is not None}
     if best["lora"] is None:
         return StageTwo(tower, vectors.matrix, manifest, None)

@@ -28,11 +28,14 @@ def ranking_examples(settings: Settings, scenario_name: str, n: int) -> tuple[li
     """Training prompts from the training split: history prefix → the next training item among the candidates.
 
     The true item replaces a random candidate when the retriever missed it, so its label position
-    carries no signal; the retriever is fitted on training histories only.
+    carries no signal. The retriever must not have seen the example's target (the user's item at position p, in their
+    own training prefix): each group of users gets one fitted on the other users' training prefixes only
+    (`eval.methods.held_out_retrievers`).
     """
     from llmrec.data.datasets import load_dataset
     from llmrec.engines.models import resolve_model
     from llmrec.engines.vllm import TokenizerFormatter
+    from llmrec.eval.methods import held_out_retrievers
     from llmrec.pipeline import build_index
     from llmrec.prompts import RankPromptBuilder, RankPromptConfig
     from llmrec.prompts.builders import LABELS
@@ -43,7 +46,7 @@ def ranking_examples(settings: Settings, scenario_name: str, n: int) -> tuple[li
     scenario = load_scenario(scenario_name, home)
     dataset = load_dataset(scenario.dataset, home)
     split = LeaveOneOutSplit.from_dataset(dataset)
-    retriever = HybridRetriever(index=build_index(settings, dataset)).fit(split.train_histories())
+    retriever = HybridRetriever(index=build_index(settings, dataset))
     model = resolve_model(settings.model, home)
     formatter = TokenizerFormatter(model)
     builder = RankPromptBuilder(RankPromptConfig(domain=scenario.domain, max_history_items=settings.max_history_items,
@@ -51,12 +54,18 @@ def ranking_examples(settings: Settings, scenario_name: str, n: int) -> tuple[li
     rng = random.Random(settings.seed)
     positions = [(u, p) for u, items in split.train.items() for p in range(max(1, len(items) - 20), len(items)) if p >= 1]
     rng.shuffle(positions)
-    examples = []
+    examples, chosen = [], positions[:n]
     label_ids = formatter.label_token_ids(LABELS[: settings.candidates])
-    for user, p in tqdm(positions[:n], desc="training prompts"):
+    retrieved: dict[tuple[str, int], list[str]] = {}
+    for group, fitted in held_out_retrievers(retriever, split, sorted({u for u, _ in chosen}), keep=None, seed=settings.seed):
+        group = set(group)
+        for user, p in tqdm([pos for pos in chosen if pos[0] in group], desc="training candidates (users held out)", leave=False):
+            history = UserHistory(user_id=user, item_ids=split.train[user][:p])
+            retrieved[user, p] = [c.item_id for c in fitted.retrieve(history, settings.candidates)]
+    for user, p in tqdm(chosen, desc="training prompts"):
         items = split.train[user]
         prefix, target = items[:p], items[p]
-        candidates = [c.item_id for c in retriever.retrieve(UserHistory(user_id=user, item_ids=prefix), settings.candidates)]
+        candidates = retrieved[user, p]
         if target not in candidates:
             candidates[rng.randrange(len(candidates))] = target
         prompt = builder.build(formatter, [dataset.items[i] for i in prefix], [dataset.items[i] for i in candidates])

@@ -28,6 +28,8 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from llmrec.assets import unique_sibling_dir
+from llmrec.engines.models import trains_on_config_threads
 from llmrec.errors import LLMRecError, TrainingConflict, TrainingInterrupted
 from llmrec.objectives import LISTWISE as OBJECTIVE
 
@@ -99,8 +101,8 @@ class _Checkpoint:
     def save(self, model, optimizer, state: dict) -> None:
         import torch
 
-        tmp = self.root / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = unique_sibling_dir(self.folder, ".tmp")
         model.save_pretrained(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), **state}, tmp / "state.pt")
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -112,6 +114,7 @@ class _Checkpoint:
         return torch.load(self.folder / "state.pt", map_location="cpu", weights_only=False)
 
 
+@trains_on_config_threads  # config.threads for this call only
 def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, config: LoraTrainConfig,
                manifest_extra: dict | None = None, progress: bool = True, resume: bool = False,
                on_step: Callable[[int], None] | None = None, objective: str = OBJECTIVE, fingerprint: str | None = None,
@@ -144,8 +147,6 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
     state = _resume_state(checkpoint, config, fingerprint, base_model, objective) if resume else None
     if not resume:
         shutil.rmtree(checkpoint.root, ignore_errors=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
@@ -265,8 +266,8 @@ def _resume_state(checkpoint: _Checkpoint, config: LoraTrainConfig, fingerprint:
 
 def _publish(model, manifest: dict, out_dir: Path, checkpoint: _Checkpoint) -> None:
     """Write the final adapter next to `out_dir`, then swap it in; the old one is removed only after."""
-    staged = checkpoint.root / "final"
-    shutil.rmtree(staged, ignore_errors=True)
+    checkpoint.root.mkdir(parents=True, exist_ok=True)
+    staged = unique_sibling_dir(checkpoint.root / "final")
     model.save_pretrained(staged)
     (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     swap_in(staged, out_dir)
@@ -275,8 +276,7 @@ def _publish(model, manifest: dict, out_dir: Path, checkpoint: _Checkpoint) -> N
 
 def swap_in(staged: Path, target: Path) -> None:
     """Replace `target` by the finished folder `staged`; the old folder is removed only once the new one is in place."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
+    old = unique_sibling_dir(target, ".old")  # empty: renaming `target` onto it replaces it
     if target.exists():
         target.rename(old)
     staged.rename(target)

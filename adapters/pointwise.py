@@ -30,8 +30,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from llmrec.adapters.fit import best_weight, choose_weight, fit_weight
+from llmrec.adapters.fit import OBJECTIVE_GRIDS, best_weight, choose_weight, fit_weight_halves
 from llmrec.adapters.loop import LoraTrainConfig, RankingExample, train_lora
+from llmrec.assets import atomic_write_text
 from llmrec.data.catalog import Dataset
 from llmrec.data.split import LeaveOneOutSplit
 from llmrec.errors import LLMRecError
@@ -44,7 +45,7 @@ from llmrec.scenario import AdapterSpec, FusionFit, FusionSpec, load_scenario, s
 from llmrec.schemas import Candidate, UserHistory
 from llmrec.settings import Settings
 
-POINTWISE_GRID = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf)
+POINTWISE_GRID = OBJECTIVE_GRIDS[OBJECTIVE]
 """Finer than WEIGHT_GRID at the low end: log P(Yes) spreads less between candidates than label logprobs."""
 
 
@@ -133,7 +134,7 @@ def validate(context: Context, engine: LLMEngine, adapter: AdapterRef | None, us
     settings, split, items = context.settings, context.split, context.dataset.items
     ranker = PointwiseRanker(engine, items, context.prompts, adapter=adapter)
     chosen = sample(split.valid_users(), users, settings.seed)
-    runs, positives, negatives, inside = [], [], [], []
+    runs, positives, negatives, inside = {}, [], [], []
     started = time.perf_counter()
     for start in tqdm(range(0, len(chosen), batch), desc=f"pointwise validation ({'adapter' if adapter else 'zero-shot'})",
                       unit="batch", disable=not progress):
@@ -155,9 +156,9 @@ def validate(context: Context, engine: LLMEngine, adapter: AdapterRef | None, us
             if position < n:
                 inside.append((scores.logprobs[position], others))
             kept = scored[:n]
-            runs.append(([c.item_id for c in kept], LLMScores(scores.logprobs[:n], 0, 0, 0), [c.retriever_rank for c in kept], target))
+            runs[user] = ([c.item_id for c in kept], LLMScores(scores.logprobs[:n], 0, 0, 0), [c.retriever_rank for c in kept], target)
     seconds = time.perf_counter() - started
-    fit = fit_weight(runs, POINTWISE_GRID)
+    fit = fit_weight_halves(runs, settings.seed, POINTWISE_GRID)  # chosen on one half of the users, gated on the other
     weight = fit.weight
     grid = {_key(w): round(v, 5) for w, v in fit.table.items()}
     return {
@@ -165,7 +166,7 @@ def validate(context: Context, engine: LLMEngine, adapter: AdapterRef | None, us
         "valid_auc": round(auc(positives, negatives), 4),
         "valid_auc_in_candidates": round(auc([p for p, _ in inside], [x for _, o in inside for x in o]), 4) if inside else None,
         "valid_ndcg10_alone": grid["0.0"], "valid_ndcg10_retriever_order": grid["inf"], "valid_ndcg10_fused": grid[_key(weight)],
-        "valid_ndcg10_fused_heldout": _cross_fitted(runs),
+        "valid_ndcg10_fused_heldout": _cross_fitted(list(runs.values())),
         "fusion": {"weight": None if math.isinf(weight) else weight, "grid": grid, "users": len(runs), "candidates": settings.candidates,
                    **fit.record()},
     }
@@ -230,16 +231,14 @@ def train_pointwise_adapter(settings: Settings, scenario_name: str, config: Lora
         scenario.fusion = FusionSpec(weight=fusion["weight"], fitted_on=FusionFit(
             split=f"{scenario.dataset} leave-one-out, validation targets", users=fusion["users"], grid=fusion["grid"],
             model=engine.model_name, adapter=name, adapter_sha256=folder_hash(out), permutations=settings.permutations,
-            **{k: fusion.get(k) for k in ("best_weight", "p_value", "alpha")}))
+            **{k: fusion.get(k) for k in ("best_weight", "p_value", "alpha", "selection_users", "gate_users", "user_split", "gate_grid")}))
         save_scenario(scenario, home)
     return out, manifest
 
 
 def _write_manifest(out: Path, manifest: dict) -> None:
     """Replace the adapter's manifest in place (atomically); the weights are unchanged."""
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps({k: v for k, v in manifest.items() if k != "cached"}, indent=2) + "\n")
-    tmp.replace(out / "manifest.json")
+    atomic_write_text(out / "manifest.json", json.dumps({k: v for k, v in manifest.items() if k != "cached"}, indent=2) + "\n")
 
 
 def train(settings: Settings, request: TrainRequest) -> int:

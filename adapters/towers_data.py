@@ -38,10 +38,11 @@ def next_item_examples(histories: dict[str, Sequence[str]], row: dict[str, int],
                     np.array(target, dtype=np.int64))
 
 
-def validation_ndcg(tower: TwoTower, vectors: ItemVectors, split: LeaveOneOutSplit, k: int = 10) -> float:
-    """Mean NDCG@k of the validation targets, full ranking over items unseen in each training prefix."""
+def validation_ndcg(tower: TwoTower, vectors: ItemVectors, split: LeaveOneOutSplit, k: int = 10, users: Sequence[str] | None = None) -> float:
+    """Mean NDCG@k of the validation targets of `users` (None: all; training selects on the selection half,
+    `adapters.fit.validation_halves`), full ranking over items unseen in each training prefix."""
     ranker = EmbeddingRanker(tower, vectors)
-    total, users = 0.0, split.valid_users()
+    total, users = 0.0, split.valid_users() if users is None else list(users)
     for user in users:
         scores = ranker.catalog_scores(split.train[user])
         if scores is None:

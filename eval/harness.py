@@ -175,7 +175,8 @@ def run_eval(settings: Settings, config: EvalConfig, out: Path, *, force: bool =
     try:
         run = _Run(settings, config, pipeline, split, cases, progress)
         report = run.execute()
-        report = to_plain({"run_id": folder.run_id, "identity": identity, "dataset": _dataset_summary(dataset), **report,
+        data = {**_dataset_summary(dataset), "repeated_test_targets_dropped": split.repeated_targets["test"]}
+        report = to_plain({"run_id": folder.run_id, "identity": identity, "dataset": data, **report,
                            "wall_seconds": round(time.perf_counter() - started, 1)})
         run.write(stage, report)
         files = folder.commit()
@@ -259,16 +260,20 @@ class _Run:
 
     def _cold_start(self) -> None:
         """Every evaluated user again, with only the first `cold_start_items` training items as history: where
-        co-occurrence knows least and content knowledge should matter most. Same targets; retrievers stay fitted
-        on the full training split (other users' data); SASRec and ALS are not rerun on the slice."""
+        co-occurrence knows least and content knowledge should matter most. Same targets; SASRec and ALS are not
+        rerun on the slice. A cold user's retrievers must not know their future: they are refitted group by group
+        (`methods.held_out_retrievers`) on the other users' training prefixes plus the group's first items."""
         n, keep = self.settings.candidates, self.config.cold_start_items
         cases = [Case(c.user_id, UserHistory(user_id=c.user_id, item_ids=self.split.train[c.user_id][:keep]), c.target) for c in self.cases]
-        rankings: dict[str, dict[str, list[str]]] = {}
-        for method in methods.retriever_methods(self.pipeline.retriever):
-            cands, _ = methods.retrieve_all(method.retriever, cases, self.config.depth, f"cold start: {method.name}", self.progress)
-            rankings[method.name] = methods.ids(cands)
-            if method.name == "hybrid":
-                head = {u: c[:n] for u, c in cands.items()}
+        by_user = {c.user_id: c for c in cases}
+        found: dict[str, dict[str, list]] = {}
+        for group, retriever in methods.held_out_retrievers(self.pipeline.retriever, self.split, list(by_user), keep, self.config.seed):
+            for method in methods.retriever_methods(retriever):
+                cands, _ = methods.retrieve_all(method.retriever, [by_user[u] for u in group], self.config.depth,
+                                                f"cold start: {method.name}", self.progress)
+                found.setdefault(method.name, {}).update(cands)
+        rankings: dict[str, dict[str, list[str]]] = {name: methods.ids({u: cands[u] for u in self.users}) for name, cands in found.items()}
+        head = {u: found["hybrid"][u][:n] for u in self.users}
         for variant in self.variants:
             scores, _ = methods.score_all(variant.ranker, self.catalog, cases, head, self.config.batch,
                                           f"cold start: LLM ({variant.label})", self.progress)

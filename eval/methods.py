@@ -67,6 +67,35 @@ def retriever_methods(hybrid) -> list[RetrieverMethod]:
     return methods
 
 
+HELD_OUT_FOLDS = 5
+"""Users are fitted around in this many groups (by user id hash): each group's retriever learns from the other 80%."""
+
+
+def refit(hybrid, histories: Mapping[str, Sequence[str]]):
+    """A copy of `hybrid` (same config, index and members) fitted on `histories`; `hybrid` itself is unchanged."""
+    import copy
+
+    members = {id(m): copy.copy(m) for m in [*hybrid.members, hybrid.popularity]}
+    clone = copy.copy(hybrid)
+    clone.members = [members[id(m)] for m in hybrid.members]
+    clone.popularity = members[id(hybrid.popularity)]
+    return clone.fit(histories)
+
+
+def held_out_retrievers(hybrid, split, users: Sequence[str], keep: int | None, seed: int = 0, folds: int = HELD_OUT_FOLDS):
+    """(group of `users`, a copy of `hybrid` fitted without that group's future), group by group.
+
+    A retriever fitted on every training prefix has seen the user's later items: the cold-start slice's user (given
+    only their first `keep` items) and a training example cut at position p (`keep=None`: the user left out) would be
+    ranked by co-occurrences with their own future. Each group's copy is fitted on `split.histories_without(group,
+    keep)`: the other users' training prefixes and the group's first `keep` items. One copy at a time is alive."""
+    wanted = set(users)
+    for group in split.folds(folds, seed):
+        chosen = [u for u in group if u in wanted]
+        if chosen:
+            yield chosen, refit(hybrid, split.histories_without(group, keep))
+
+
 def retrieve_all(retriever: Retriever, cases: Sequence[Case], depth: int, desc: str,
                  progress: bool = True) -> tuple[dict[str, list[Candidate]], list[float]]:
     """Every user's top `depth` candidates and the seconds each retrieval took."""

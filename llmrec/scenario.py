@@ -20,7 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from llmrec.assets import folder_hash
+from llmrec.assets import atomic_write_text, folder_hash
 from llmrec.errors import UnknownScenario
 from llmrec.protocols import AdapterRef
 
@@ -44,6 +44,10 @@ class FusionFit(BaseModel):
         "One-sided paired t-test of the best weight's gain over the retriever's order, Bonferroni-corrected for the grid's "
         "weights; the weight ships only below `alpha`."))
     alpha: float | None = None
+    selection_users: int | None = Field(default=None, description="Of `users`: those the grid's best weight was chosen on.")
+    gate_users: int | None = Field(default=None, description="Of `users`: the others, on which the chosen weight was tested.")
+    user_split: str | None = Field(default=None, description="The rule that split the validation users into the two halves.")
+    gate_grid: dict[str, float] | None = Field(default=None, description="The metric on the gate half at the best weight and at 'inf'.")
 
 
 class ShortHistoryFusion(BaseModel):
@@ -150,10 +154,7 @@ def _named(scenario: Scenario, name: str, path) -> Scenario:
 def save_scenario(scenario: Scenario, home: Path) -> Path:
     """Write atomically to the scenario's own folder, so an interrupted save never loses the previous file."""
     path = user_scenario_path(home, scenario.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(scenario.model_dump(mode="json"), indent=2, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(scenario.model_dump(mode="json"), indent=2, default=str) + "\n")
     return path
 
 

@@ -41,6 +41,47 @@ class ScriptedEngine:
         return [self._text(p) for p in prompts]
 
 
+LOGPROB_TOLERANCE = {"float32": 0.05, "float16": 0.2, "bfloat16": 0.3}
+"""Largest |engine − exact fp32 math| allowed per label log-probability, by the engine's dtype. bf16 keeps
+8 significant bits (relative 2^-8): with logits of magnitude ~20 one rounding of a logit is ~.04, and the
+hidden state under it carries the rounding of 30 layers. Measured on three prompts: bf16 engine vs fp32
+reference .08-.11, vs a bf16 transformers forward .10-.15 (different kernels round differently, so a bf16
+reference is no closer); fp32 engine vs fp32 reference stays under .05."""
+
+BATCH_TOLERANCE = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.1}
+"""Largest |a − b| allowed between two scorings of the same prompt by the same engine run differently: in
+another batch (a batch of 20 and a batch of 1 run different kernels), or with its shared prefix read from
+vLLM's prefix cache. In fp32 these agree to 1e-3 (what the tests asserted before bf16 CPUs). In bf16
+SmolLM2's logits at the answer (8-16) step by 1/16, so a Yes/No log-probability moves in steps up to .06:
+measured on an amx_bf16 CPU, .016 (one prompt alone vs in the pointwise ranker's batch of 20) and .035 (the
+same batch again, its prefix from the cache); .1 allows under two steps. fp16 steps 8x finer."""
+
+
+def logprob_tolerance(dtype: str, against: str = "exact") -> float:
+    """The tolerance for comparing an engine's log-probabilities, by its dtype: `against="exact"` for a
+    reference computed in fp32 (LOGPROB_TOLERANCE), `"batch"` for the same engine scoring the same prompt
+    in another batch (BATCH_TOLERANCE)."""
+    table = {"exact": LOGPROB_TOLERANCE, "batch": BATCH_TOLERANCE}[against]
+    if dtype not in table:
+        raise ValueError(f"no tolerance known for dtype {dtype!r} (known: {', '.join(table)})")
+    return table[dtype]
+
+
+class RecordingEngine:
+    """Wraps an engine and keeps the prompts of every `score_next_token` call; everything else passes through."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.scored: list[list[str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def score_next_token(self, prompts, token_ids, adapter=None):
+        self.scored.append(list(prompts))
+        return self.engine.score_next_token(prompts, token_ids, adapter)
+
+
 def free_port() -> int:
     """A free TCP port on loopback."""
     import socket

@@ -48,6 +48,14 @@ class FusedRanking:
     def score_many(self, requests: Sequence[tuple[Sequence[Item], Sequence[Candidate]]]) -> list[LLMScores]:
         raise NotImplementedError
 
+    def keeps_retriever_order(self, scores: LLMScores | None = None) -> bool:
+        """Whether the fused order is the retriever's own (w = inf): for the request `scores` were made for (the
+        short-history weight applies by their history length), or, without scores, for every request. A response
+        ranked so says `ranking: retriever`, not `llm-fused`: the LLM's scores moved nothing."""
+        if scores is not None:
+            return math.isinf(weight_for(scores, self.config.fusion_weight, self.short_history))
+        return math.isinf(self.config.fusion_weight) and (self.short_history is None or math.isinf(self.short_history.weight))
+
     def rank_scored(self, candidates: Sequence[Candidate], scores: LLMScores) -> list[RankedItem]:
         fused = fuse(scores.logprobs, [c.retriever_rank for c in candidates], weight_for(scores, self.config.fusion_weight, self.short_history))
         order = sorted(range(len(candidates)), key=lambda i: (-fused[i], candidates[i].retriever_rank))

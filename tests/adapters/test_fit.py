@@ -61,3 +61,44 @@ def test_training_fits_the_fusion_weight_and_a_changed_split_is_flagged(eval_hom
     response = pipeline.recommend(RecommendRequest(user_id="196", k=5))
     assert pipeline.data_note in response.notes
     engine.release_adapters()
+
+
+def test_fit_fusion_on_an_embedding_scenario_keeps_its_short_history_weight_and_grid(eval_home, monkeypatch) -> None:
+    """`llmrec fit-fusion` refits an embedding scenario on the objective's finer grid, short-history weight included,
+    each chosen on the selection half of the users and gated on the other."""
+    import math
+    from types import SimpleNamespace
+
+    import llmrec.pipeline
+    from llmrec.adapters.fit import OBJECTIVE_GRIDS, fit_fusion_weight
+    from llmrec.data.datasets import load_dataset
+    from llmrec.data.split import LeaveOneOutSplit
+    from llmrec.protocols import LLMScores
+    from llmrec.retrieval.retrievers import HybridRetriever
+    from llmrec.scenario import FusionFit, FusionSpec, ShortHistoryFusion, save_scenario
+    from llmrec.settings import Settings
+
+    folder = eval_home / "scenarios" / "emb" / "adapter-embedding"
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"objective": "embedding"}))
+    old = FusionFit(split="s", users=1, grid={}, model="m")
+    save_scenario(Scenario(name="emb", dataset="ml-100k", adapter=AdapterSpec(name="emb-embedding", path=str(folder)),
+                           fusion=FusionSpec(weight=None, fitted_on=old, short_history=ShortHistoryFusion(max_items=2, fitted_on=old))),
+                  eval_home)
+    dataset = load_dataset("ml-100k", eval_home)
+    retriever = HybridRetriever().fit(LeaveOneOutSplit.from_dataset(dataset).train_histories())
+
+    class Ranker:
+        def score_many(self, requests):
+            return [LLMScores([-float(i) for i in range(len(c))], len(h), 0, 1) for h, c in requests]
+
+    fake = SimpleNamespace(retriever=retriever, ranker=Ranker(), dataset=dataset, engine=SimpleNamespace(model_name="m"))
+    monkeypatch.setattr(llmrec.pipeline, "build_pipeline", lambda *a, **k: fake)
+    scenario, grid = fit_fusion_weight(Settings(home=eval_home), "emb", users=40)
+    expected = {"inf" if math.isinf(w) else str(w) for w in OBJECTIVE_GRIDS["embedding"]}
+    assert set(grid) == expected and set(scenario.fusion.fitted_on.grid) == expected
+    short = scenario.fusion.short_history
+    assert short is not None and short.max_items == 2 and set(short.fitted_on.grid) == expected
+    assert "first 2 training items" in short.fitted_on.split
+    for fit in (scenario.fusion.fitted_on, short.fitted_on):
+        assert fit.users == 40 and fit.selection_users + fit.gate_users == 40 and fit.user_split

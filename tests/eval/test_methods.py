@@ -49,3 +49,24 @@ def test_oracle_puts_the_target_first_only_where_the_candidates_hold_it() -> Non
     tails = {"u": ["a", "b", "c", "d"], "v": ["a", "b", "x", "y"]}
     out = oracle(head, tails, {"u": "c", "v": "y"})
     assert out == {"u": ["c", "a", "b", "d"], "v": ["a", "b", "x", "y"]}
+
+
+def test_held_out_retrievers_never_learn_the_users_own_future() -> None:
+    """The cold-start slice and listwise training examples: a user's retriever must not know their later items."""
+    from llmrec.data.split import LeaveOneOutSplit
+    from llmrec.eval.methods import held_out_retrievers
+    from llmrec.retrieval.retrievers import HybridRetriever
+    from llmrec.schemas import UserHistory
+
+    # only "cold" ever took "a" and "secret" together: a retriever fitted on its full prefix ranks "secret" after "a"
+    histories = {"cold": ["a", "secret", "x", "v", "t"], **{f"u{n}": ["b", "c", "d", "e", "f"] for n in range(8)}}
+    split = LeaveOneOutSplit(histories)
+    full = HybridRetriever().fit(split.train_histories())
+    history = UserHistory(user_id="cold", item_ids=("a",))
+    assert "secret" in [c.item_id for c in full.retrieve(history, 3) if "cooccurrence" in c.sources]
+    [(group, held_out)] = [(g, r) for g, r in held_out_retrievers(full, split, ["cold"], keep=1) if "cold" in g]
+    assert group == ["cold"] and "secret" not in [c.item_id for c in held_out.retrieve(history, 3) if "cooccurrence" in c.sources]
+    assert "secret" in [c.item_id for c in full.retrieve(history, 3) if "cooccurrence" in c.sources]  # the original is unchanged
+    # keep=None: the user is left out of the fit entirely (a training example cut at any position)
+    [(_, left_out)] = list(held_out_retrievers(full, split, ["cold"], keep=None))
+    assert "a" not in left_out.popularity._vocab.pos

@@ -155,8 +155,11 @@ def test_an_unfitted_weight_keeps_the_retriever_order_and_a_hand_set_one_applies
     assert FusionSpec(weight=None, fitted_on=fitted().fitted_on).weight_for("SmolLM2-135M-Instruct", None, 1, "m") == (math.inf, None)
 
 
-def test_the_shipped_weight_matches_the_default_model(tmp_path, model_dir):
+def test_the_shipped_movies_scenario_keeps_the_retrievers_order_for_the_default_model(tmp_path, model_dir):
+    """Its old weight (.25) was never gated and its validation gain was noise: it ships the retriever's order, with no
+    note (the weight was fitted for this model), and the old grid stays on record."""
     from llmrec.manifest import display_name
 
     fusion = load_scenario("movies", tmp_path).fusion
-    assert fusion.weight_for(display_name(model_dir), None, 1, "movies") == (0.25, None)
+    assert fusion.weight_for(display_name(model_dir), None, 1, "movies") == (math.inf, None)
+    assert fusion.fitted_on is not None and fusion.fitted_on.best_weight == 0.25

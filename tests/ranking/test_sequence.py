@@ -13,7 +13,7 @@ from llmrec.errors import LLMUnavailable
 from llmrec.prompts.builders import SequencePromptBuilder, SequencePromptConfig, natural_title
 from llmrec.ranking.sequence import LikelihoodRanker, LikelihoodRankerConfig, LineLikelihood, sequence_prompts
 from llmrec.schemas import Candidate, Item
-from llmrec.testing import ScriptedEngine
+from llmrec.testing import ScriptedEngine, logprob_tolerance
 
 llm = pytest.mark.llm
 CATALOG = {str(i): Item(item_id=str(i), title=f"Movie {'x' * i}", year=1990) for i in range(1, 30)}
@@ -130,10 +130,6 @@ def test_an_engine_without_prompt_logprobs_is_refused_with_a_clear_error():
 
 # ---- the real engine ---------------------------------------------------------------------------------------
 
-TOLERANCE = {"float32": 0.05, "float16": 0.2, "bfloat16": 0.3}
-"""Per-token |engine − fp32 transformers| allowed, as in test_engines.py (bf16 rounding over 30 layers)."""
-
-
 @pytest.fixture(scope="module")
 def real_user(pipeline):
     """A real ML-100K user with a long history (so the prefix spans full KV blocks) and the retriever's 20 candidates."""
@@ -206,7 +202,7 @@ def test_cached_scores_are_the_models_own_token_logprobs(engine, model_dir, pipe
         with torch.no_grad():
             logprobs = torch.log_softmax(model(ids).logits[0].float(), -1)
         expected = [logprobs[len(prefix) + j - 1, t].item() for j, t in enumerate(line)]
-        assert list(result.logprobs) == pytest.approx(expected, abs=TOLERANCE[engine.config.dtype])
+        assert list(result.logprobs) == pytest.approx(expected, abs=logprob_tolerance(engine.config.dtype))  # per token
     assert len(prefix) > 128 and results[1].cached_tokens >= 128
 
 
