@@ -1,28 +1,35 @@
 """The conversational recommender: a LangGraph graph with a fixed, inspectable plan and SQLite memory.
 
-    understand → retrieve → rank → explain → reply
+    understand → recommend → explain → reply
 
 - **understand**: llmrec's rules read the message; the LLM fills a small JSON schema under vLLM's grammar
   and may add only what the message supports (`agents.understand`). Titles resolve against the catalog
   (`agents.titles`); an unresolved title becomes a question. "I loved X" is a `like` and "never show me Y"
   a `dislike`, both stored before the turn goes on (`agents.feedback`). "More like the second one"
   anchors retrieval on that item; "older"/"newer" move the year range.
-- **retrieve**: candidates that pass the session's filters, from the history (with the anchor), the Chroma
-  catalog search and popularity; seen, shown and disliked items never, items like a disliked one demoted.
-- **rank**: the pipeline's ranker (LLM label logprobs fused with the retriever's rank).
-- **explain**: checkable evidence filled in by llmrec (`agents.evidence`), nothing generated.
+- **recommend**: the one recommendation path, `Pipeline.recommend`, with the session's filters as its typed
+  retrieval filter (`ItemFilter`): candidates from the history (with the anchors), the Chroma catalog search and
+  popularity; seen, shown and disliked items never, items like a disliked one demoted; then the pipeline's ranker
+  (LLM label logprobs fused with the retriever's rank) with its fallback to the retriever's order.
+- **explain**: checkable evidence filled in by llmrec (`explain.evidence`), nothing generated.
 - **reply**: one fixed text format. No model output is ever shown, so a message cannot make it print a prompt.
 
 The state is one pydantic model (`ChatState`). LangGraph's `SqliteSaver` checkpoints it after every node,
-keyed by the thread id, so a session survives a restart. `build_agent` is the one place that wires it.
-With `planner="tools"`, a model served with native tool calling drives the same tools instead
-(`ToolPlanner`); its reply still lists only what the tools returned.
+keyed by the thread id, so a session survives a restart; older checkpoints of a thread are pruned after each
+turn (the latest holds the whole state). Turns on one session run one at a time (a per-session lock); SQLite
+failures (a corrupt file, a lock held past `store_timeout_s`) are `StoreError`s. Sessions and feedback are keyed
+by the dataset's source, as the Chroma collections are. `build_agent` is the one place that wires it.
+With `planner="tools"`, a model served with native tool calling drives the same tools instead (`ToolPlanner`),
+each bound to the session's user on our side; its reply still lists only what the tools returned.
+The domain's words (noun, plural) come from `llmrec.domains`, never from this file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import statistics
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,19 +39,44 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmrec.agents.constraints import Constraints, accumulate, apply_era
-from llmrec.agents.feedback import FeedbackEvent, FeedbackStore
+from llmrec.agents.feedback import FeedbackEvent, FeedbackStore, sqlite_errors
 from llmrec.agents.titles import TitleResolver
-from llmrec.agents.tools import Recommended, Stages, StagesConfig
+from llmrec.agents.tools import Recommended, Session, Stages
 from llmrec.agents.understand import TurnReading, UnderstandConfig, Understander, decades
+from llmrec.domains import Domain, load_domain
 from llmrec.errors import LLMRecError, LLMUnavailable
 from llmrec.prompts.safety import looks_like_instruction
-from llmrec.schemas import Candidate
+from llmrec.schemas import ChatTurn
 
-PLAN = ("understand", "retrieve", "rank", "explain", "reply")
-COLD_START = ("You have no history here, so I can't personalise yet. Tell me genres, an era or a movie you liked; "
+PLAN = ("understand", "recommend", "explain", "reply")
+# The fixed wording, with the domain's words filled in (`Wording.of`).
+COLD_START = ("You have no history here, so I can't personalise yet. Tell me genres, an era or a {noun} you liked; "
               "meanwhile these are popular picks across genres.")
 COLD_WITH_CONSTRAINTS = "You have no history here, so these come from what you asked for and how popular each item is."
-NOT_AN_INSTRUCTION = "I only read movie preferences from messages; nothing in a message changes how I work."
+NOT_AN_INSTRUCTION = "I only read {noun} preferences from messages; nothing in a message changes how I work."
+TOOLS_SYSTEM = ("You recommend {plural} from a catalog using the tools. Always call `recommend` before answering, "
+                "with the constraints the user stated. Answer in one short sentence.")
+
+
+class Wording(BaseModel):
+    """The agent's fixed sentences in one domain's words."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cold_start: str
+    cold_with_constraints: str
+    not_an_instruction: str
+    which: str
+    nothing_shown: str
+    tools_system: str
+
+    @classmethod
+    def of(cls, domain: Domain) -> Wording:
+        noun = domain.noun
+        return cls(cold_start=COLD_START.format(noun=noun), cold_with_constraints=COLD_WITH_CONSTRAINTS,
+                   not_an_instruction=NOT_AN_INSTRUCTION.format(noun=noun), which=f"Which {noun} do you mean?",
+                   nothing_shown=f"I haven't shown you anything yet; which {noun} do you mean?",
+                   tools_system=TOOLS_SYSTEM.format(plural=domain.plural))
 
 
 class ChatConfig(BaseSettings):
@@ -57,6 +89,8 @@ class ChatConfig(BaseSettings):
     planner: Literal["fixed", "tools"] = Field(default="fixed", description="tools: a served model with native tool calling "
                                                "drives the tools (needs --llm-url and a server started with tool calling).")
     store: Path | None = Field(default=None, description="Folder of the SQLite files (checkpoints, feedback); default home/conversations.")
+    store_timeout_s: float = Field(default=5.0, gt=0, le=600, description="How long a write waits for another's SQLite lock "
+                                   "before the turn fails with StoreError.")
     max_tool_steps: int = Field(default=6, ge=1, le=20)
 
 
@@ -76,9 +110,7 @@ class ChatState(BaseModel):
     reading: TurnReading | None = None
     questions: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
-    candidates: tuple[Candidate, ...] = ()
     matched: int = 0
-    ranked: tuple[tuple[str, float, float | None], ...] = ()
     ranking: str = ""
     recommended: tuple[Recommended, ...] = ()
     reply: str = ""
@@ -108,30 +140,34 @@ def _timed(name: str, fn):
         started = time.perf_counter()
         update = fn(state)
         update["trace"] = (*(() if name == PLAN[0] else state.trace), name)
-        update["seconds"] = {**({} if name == PLAN[0] else state.seconds), name: round(time.perf_counter() - started, 3)}
+        update["seconds"] = {**({} if name == PLAN[0] else state.seconds), **update.get("seconds", {}),
+                             name: round(time.perf_counter() - started, 3)}
         return update
     return node
 
 
 class Agent:
-    """A compiled LangGraph graph over `Stages`, with a SQLite checkpointer."""
+    """A compiled LangGraph graph over `Stages`, with a SQLite checkpointer. `say` may be called from several threads:
+    turns of one session run one at a time, turns of different sessions side by side."""
 
     def __init__(self, stages: Stages, understander: Understander, checkpointer: Any, config: ChatConfig | None = None,
-                 planner: ToolPlanner | None = None):
+                 planner: ToolPlanner | None = None, domain: Domain | None = None):
         self.stages = stages
         self.understander = understander
         self.config = config or ChatConfig()
         self.planner = planner
         self.checkpointer = checkpointer
+        self.words = Wording.of(domain or stages.domain)
         self.vocabulary = sorted({g for item in stages.catalog.values() for g in item.genres})
         self.graph = self._compile(checkpointer)
+        self._sessions: dict[str, threading.Lock] = {}
+        self._sessions_guard = threading.Lock()
 
     def _compile(self, checkpointer: Any):
         from langgraph.graph import END, START, StateGraph
 
         graph = StateGraph(ChatState)
-        steps = {"understand": self.understand, "retrieve": self.retrieve, "rank": self.rank, "explain": self.explain,
-                 "reply": self.reply}
+        steps = {"understand": self.understand, "recommend": self.recommend, "explain": self.explain, "reply": self.reply}
         if self.planner is not None:
             steps = {"understand": self.understand, "tools": self.use_tools, "reply": self.reply}
         for name, fn in steps.items():
@@ -146,14 +182,18 @@ class Agent:
     # --- the conversation ------------------------------------------------------------------------
 
     def say(self, thread: str, message: str, user_id: str | None = None, history: Sequence[str] | None = None) -> TurnResult:
-        """One turn. The first turn of a thread fixes its user (a dataset user, an ad-hoc history, or none)."""
-        config = {"configurable": {"thread_id": thread}}
+        """One turn. The first turn of a thread fixes its user (a dataset user, an ad-hoc history, or none).
+        The input is checked against `llmrec.schemas.LIMITS` first (`InputTooLarge`, exit 2)."""
+        turn = ChatTurn(session=thread, message=message, user_id=user_id, history=None if history is None else tuple(history))
+        config = {"configurable": {"thread_id": turn.session}}
         started = time.perf_counter()
-        update: dict[str, Any] = {"message": message}
-        if not self.graph.get_state(config).values:  # a new thread
-            base = self.stages.base_history(user_id, history)
-            update.update(user_id=user_id, base_history=base, user_key=user_id or f"session:{thread}")
-        values = self.graph.invoke(update, config)
+        with self._session_lock(turn.session), sqlite_errors(self.checkpointer_path):
+            update: dict[str, Any] = {"message": turn.message}
+            if not self.graph.get_state(config).values:  # a new thread
+                base = self.stages.base_history(turn.user_id, turn.history)
+                update.update(user_id=turn.user_id, base_history=base, user_key=turn.user_id or f"session:{turn.session}")
+            values = self.graph.invoke(update, config)
+            prune_checkpoints(self.checkpointer, turn.session)
         state = ChatState.model_validate(values)
         return TurnResult(reply=state.reply, items=state.recommended, constraints=state.constraints, matched=state.matched,
                           questions=state.questions,
@@ -161,8 +201,17 @@ class Agent:
                           seconds=round(time.perf_counter() - started, 3), stage_seconds=state.seconds)
 
     def state(self, thread: str) -> ChatState | None:
-        values = self.graph.get_state({"configurable": {"thread_id": thread}}).values
+        with sqlite_errors(self.checkpointer_path):
+            values = self.graph.get_state({"configurable": {"thread_id": thread}}).values
         return ChatState.model_validate(values) if values else None
+
+    @property
+    def checkpointer_path(self) -> str:
+        return getattr(self.checkpointer, "path", "the session store")
+
+    def _session_lock(self, thread: str) -> threading.Lock:
+        with self._sessions_guard:
+            return self._sessions.setdefault(thread, threading.Lock())
 
     # --- the nodes -------------------------------------------------------------------------------
 
@@ -175,9 +224,9 @@ class Agent:
         if turn.reset:  # "instead": earlier anchors go too, this turn's likes stay
             anchors = [a for a in anchors if a in {e.item for e in events if e.event == "like"}]
         filters = apply_era(filters, turn.era, self._reference_year(anchors, state.shown))
-        return {"reading": reading, "constraints": filters.validated(self.vocabulary), "anchors": tuple(dict.fromkeys(anchors))[-3:],
+        return {"reading": reading, "constraints": filters.validated(self.vocabulary), "anchors": newest_last(anchors)[-3:],
                 "feedback": (*state.feedback, *events), "questions": tuple(questions),
-                "notes": (NOT_AN_INSTRUCTION,) if looks_like_instruction(state.message) else (), "turn": state.turn + 1}
+                "notes": (self.words.not_an_instruction,) if looks_like_instruction(state.message) else (), "turn": state.turn + 1}
 
     def _feedback(self, state: ChatState, turn: Constraints, questions: list[str]) -> tuple[list[FeedbackEvent], list[str]]:
         """Liked titles become `like` events and anchors, excluded ones `dislike` events; '#2' anchors on the shown item."""
@@ -191,7 +240,7 @@ class Agent:
                 anchors.append(state.shown[turn.more_like - 1])
             else:
                 questions.append(f"I showed {len(state.shown)} items last time, so there is no #{turn.more_like}; which one do you mean?"
-                                 if state.shown else "I haven't shown you anything yet; which movie do you mean?")
+                                 if state.shown else self.words.nothing_shown)
         return events, anchors
 
     def _resolve(self, titles: Sequence[str], questions: list[str]) -> list[str]:
@@ -201,39 +250,28 @@ class Agent:
             if m.item_id is None:
                 hint = f' Did you mean "{self.stages.catalog[m.suggestion].label()}"?' if m.suggestion else ""
                 asked = "that title" if looks_like_instruction(m.query) else f'"{_quoted(m.query)}"'
-                questions.append(f"I couldn't find {asked} in the catalog.{hint} Which movie do you mean?")
+                questions.append(f"I couldn't find {asked} in the catalog.{hint} {self.words.which}")
         return [m.item_id for m in matches if m.item_id]
 
     def _reference_year(self, anchors: Sequence[str], shown: Sequence[str]) -> int | None:
         years = [self.stages.catalog[i].year for i in (anchors[-1:] or shown) if self.stages.catalog[i].year]
         return int(statistics.median(years)) if years else None
 
-    def retrieve(self, state: ChatState) -> dict:
-        notes = list(state.notes)
-        history = self.stages.history(state.user_key, state.base_history)
-        found, matched = self.stages.candidates(history, state.constraints, state.anchors, state.shown_before,
-                                                self.stages.store.disliked(state.user_key), self.stages.pipeline.settings.candidates,
-                                                notes)
-        if matched < self.config.k:
-            notes.append(f"only {matched} catalog items pass these filters" if matched else
-                         "no catalog item passes these filters; try fewer genres or a wider year range")
-        return {"candidates": tuple(found), "matched": matched, "notes": tuple(notes)}
-
-    def rank(self, state: ChatState) -> dict:
-        notes = list(state.notes)
-        history = self.stages.history(state.user_key, state.base_history)
-        ranked, how = self.stages.rank(history, list(state.candidates), notes)
-        if how == "cold-start":
-            notes.append(COLD_WITH_CONSTRAINTS if not state.constraints.is_empty() or state.anchors else COLD_START)
-        return {"ranked": tuple(ranked), "ranking": how, "notes": tuple(notes)}
+    def recommend(self, state: ChatState) -> dict:
+        """`Pipeline.recommend` (through `Stages.recommend`) under the session's filters, anchors and shown items."""
+        out = self.stages.recommend(state.user_key, state.base_history, state.constraints, self.config.k, state.anchors,
+                                    state.shown_before, explain=False)
+        notes = [*state.notes, *out.notes]
+        if out.ranking == "cold-start":
+            notes.append(self.words.cold_with_constraints if not state.constraints.is_empty() or state.anchors else self.words.cold_start)
+        return {"recommended": out.items, "matched": out.matched, "ranking": out.ranking, "notes": tuple(notes),
+                "seconds": {f"recommend:{stage}": s for stage, s in out.seconds.items()}}
 
     def explain(self, state: ChatState) -> dict:
-        top = state.ranked[: self.config.k]
         anchor = state.anchors[-1] if state.anchors else None
         return {"recommended": tuple(
-            Recommended(rank=n + 1, item=self.stages.catalog[i], score=round(score, 4), llm_logprob=lp,
-                        why=self.stages.explain(state.user_key, i, state.base_history, state.constraints, anchor))
-            for n, (i, score, lp) in enumerate(top))}
+            r.model_copy(update={"why": self.stages.explain(state.user_key, r.item.item_id, state.base_history, state.constraints, anchor)})
+            for r in state.recommended)}
 
     def reply(self, state: ChatState) -> dict:
         shown = tuple(r.item.item_id for r in state.recommended)
@@ -243,9 +281,16 @@ class Agent:
     def use_tools(self, state: ChatState) -> dict:
         """planner='tools': the served model calls the tools; the list shown is the last `recommend` result."""
         assert self.planner is not None
-        items, text = self.planner.run(state)
+        session = Session(user_key=state.user_key, base_history=state.base_history, filters=state.constraints,
+                          anchors=state.anchors, shown_before=state.shown_before)
+        items, text = self.planner.run(state, session)
         notes = (*state.notes, *((f"model: {text}",) if text else ()))
         return {"recommended": tuple(items), "notes": notes, "ranking": "tools"}
+
+
+def newest_last(items: Sequence[str]) -> tuple[str, ...]:
+    """Each item once, at its last position: an item asked for again becomes the newest (`dict.fromkeys` keeps the first)."""
+    return tuple(reversed(dict.fromkeys(reversed(items))))
 
 
 def _quoted(text: str) -> str:
@@ -279,27 +324,35 @@ class ToolPlanner:
     The first step names `first_tool` as the request's `tool_choice` (vLLM decodes the call under that tool's JSON
     schema, so even SmolLM2-135M makes a well-formed call); later steps leave the choice to the model. None leaves
     every step to the model. vLLM 0.32 refuses any `tool_choice` unless the server has a tool parser
-    (`llmrec serve-llm --tool-call-parser NAME`)."""
+    (`llmrec serve-llm --tool-call-parser NAME`).
 
-    SYSTEM = ("You recommend movies from a catalog using the tools. Always call `recommend` for the user before answering, "
-              "with the constraints the user stated. Answer in one short sentence.")
+    Every tool is built for the turn's `Session` (`langchain_tools(stages, session)`): the user, the history, the
+    filters and the shown items are ours, and no tool takes a user, so the model can neither name nor reach another
+    user, whatever the message says."""
 
-    def __init__(self, model: Any, tools: Sequence[Any], stages: Stages, max_steps: int = 6, first_tool: str | None = "recommend"):
-        self.model = model.bind_tools(list(tools))
-        self.first = model.bind_tools(list(tools), tool_choice=first_tool) if first_tool else self.model
-        self.tools = {t.name: t for t in tools}
+    def __init__(self, model: Any, stages: Stages, max_steps: int = 6, first_tool: str | None = "recommend",
+                 system: str | None = None):
+        self.base_model = model
+        self.first_tool = first_tool
         self.stages = stages
         self.max_steps = max_steps
+        self.system = system or Wording.of(stages.domain).tools_system
+        self.tools: dict[str, Any] = {}
 
-    def run(self, state: ChatState) -> tuple[list[Recommended], str]:
+    def run(self, state: ChatState, session: Session) -> tuple[list[Recommended], str]:
         from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 
-        user = state.user_id or state.user_key
-        messages: list[Any] = [SystemMessage(self.SYSTEM), HumanMessage(f"user: {user}\nmessage: {state.message}")]
+        from llmrec.agents.tools import langchain_tools
+
+        tools = langchain_tools(self.stages, session)
+        self.tools = {t.name: t for t in tools}
+        model = self.base_model.bind_tools(tools)
+        first = self.base_model.bind_tools(tools, tool_choice=self.first_tool) if self.first_tool else model
+        messages: list[Any] = [SystemMessage(self.system), HumanMessage(state.message)]
         last: dict | None = None
         for step in range(self.max_steps):
             try:
-                answer = (self.first if step == 0 else self.model).invoke(messages)
+                answer = (first if step == 0 else model).invoke(messages)
             except Exception as exc:  # noqa: BLE001 - openai/langchain raise many types; one clear line
                 raise LLMUnavailable(f"the served model's tool calling failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
                                      "start the server with `llmrec serve-llm --tool-call-parser NAME`") from exc
@@ -328,18 +381,52 @@ class ToolPlanner:
 # --- wiring ----------------------------------------------------------------------------------------
 
 
-def checkpointer(path: Path) -> Any:
-    """LangGraph's SQLite checkpointer on `path` (WAL), allowed to load llmrec's state types back."""
+def checkpointer(path: Path, timeout_s: float = 5.0) -> Any:
+    """LangGraph's SQLite checkpointer on `path`, allowed to load llmrec's state types back.
+
+    WAL with `synchronous=FULL`: each checkpoint's commit is on disk (the WAL fsynced) before the node after it runs,
+    so a turn whose reply was given survives a power loss, not only a crash of the process. NORMAL would be safe
+    from corruption in WAL mode but may lose the last commits on power loss; the fsync costs ~ms against a turn of
+    ~1 s. The feedback store makes the same choice. A corrupt file or a lock held past `timeout_s` is a `StoreError`."""
     from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    allowed = [("llmrec.agents.constraints", "Constraints"), ("llmrec.agents.feedback", "FeedbackEvent"),
-               ("llmrec.agents.understand", "TurnReading"), ("llmrec.agents.understand", "Extraction"),
-               ("llmrec.agents.tools", "Recommended"), ("llmrec.schemas", "Candidate"), ("llmrec.schemas", "Item")]
-    return SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=allowed))
+    with sqlite_errors(path):
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=timeout_s)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        allowed = [("llmrec.agents.constraints", "Constraints"), ("llmrec.agents.feedback", "FeedbackEvent"),
+                   ("llmrec.agents.understand", "TurnReading"), ("llmrec.agents.understand", "Extraction"),
+                   ("llmrec.agents.tools", "Recommended"), ("llmrec.schemas", "Candidate"), ("llmrec.schemas", "Item")]
+        saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=allowed))
+        saver.setup()
+    saver.path = str(path)  # named in StoreError messages
+    return saver
+
+
+def prune_checkpoints(saver: Any, thread: str) -> int:
+    """Delete every checkpoint of `thread` but the latest of each namespace, with their pending writes; returns the
+    rows deleted. Safe here: `SqliteSaver` stores each checkpoint's channel values whole (no delta channels in
+    `ChatState`), so the latest alone restores the session."""
+    if not hasattr(saver, "conn"):
+        return 0
+    keep = ("SELECT checkpoint_ns, MAX(checkpoint_id) FROM checkpoints WHERE thread_id = ? GROUP BY checkpoint_ns")
+    with saver.lock, saver.conn:  # one transaction
+        writes = saver.conn.execute(f"DELETE FROM writes WHERE thread_id = ? AND (checkpoint_ns, checkpoint_id) NOT IN ({keep})",
+                                    (thread, thread)).rowcount
+        rows = saver.conn.execute(f"DELETE FROM checkpoints WHERE thread_id = ? AND (checkpoint_ns, checkpoint_id) NOT IN ({keep})",
+                                  (thread, thread)).rowcount
+    return writes + rows
+
+
+def store_name(dataset: Any) -> str:
+    """The file-name key of a dataset's sessions and feedback: its source, as for its Chroma collection. A built-in's
+    source is its name (the files keep their names); a folder's is its resolved path, so two folders called `data`,
+    or a folder called `ml-100k`, never share feedback or sessions."""
+    if dataset.source == dataset.name:
+        return dataset.name
+    return f"{dataset.name}-{hashlib.sha256(dataset.source.encode()).hexdigest()[:12]}"
 
 
 def chat_model(settings: Any, pipeline: Any) -> Any:
@@ -357,29 +444,31 @@ def chat_model(settings: Any, pipeline: Any) -> Any:
     return EngineChatModel(engine=pipeline.engine)
 
 
-def build_agent(settings: Any, scenario: str = "movies", *, pipeline: Any = None, config: ChatConfig | None = None,
-                model: Any = None, train_histories: Mapping[str, Sequence[str]] | None = None, progress: bool = True) -> Agent:
+def build_agent(settings: Any, scenario: str | None = None, *, pipeline: Any = None, config: ChatConfig | None = None,
+                model: Any = None, train_histories: Mapping[str, Sequence[str]] | None = None, progress: bool = True,
+                domain: Domain | None = None) -> Agent:
     """The one place the conversational agent is wired: pipeline stages, feedback store, title resolver, the
     LLM for understanding (and for tool calling), the SQLite checkpointer. `train_histories` (the eval) restricts
     what the retriever, popularity and co-watch figures are fitted on; a given `pipeline` must be fitted on the same."""
     from llmrec.pipeline import build_pipeline
 
     config = config or ChatConfig()
-    pipeline = pipeline or build_pipeline(settings, scenario, train_histories=train_histories, progress=progress)
+    if pipeline is None:  # no scenario: build_pipeline's default
+        named = {"scenario_name": scenario} if scenario else {}
+        pipeline = build_pipeline(settings, **named, train_histories=train_histories, progress=progress)
     folder = config.store or settings.resolved_home() / "conversations"
     items = list(pipeline.dataset.items.values())
-    index = next((m.index for m in getattr(pipeline.retriever, "members", []) if hasattr(m, "index")), None)
-    store = FeedbackStore(folder / f"feedback-{pipeline.dataset.name}.sqlite", pipeline.dataset.items)
-    resolver = TitleResolver(items, pipeline.dataset.popularity(), index)
-    stages = Stages(pipeline, store, resolver, index, StagesConfig(), train_histories)
+    domain = domain or load_domain(pipeline.scenario.domain)
+    key = store_name(pipeline.dataset)
+    store = FeedbackStore(folder / f"feedback-{key}.sqlite", pipeline.dataset.items, timeout_s=config.store_timeout_s)
+    resolver = TitleResolver(items, pipeline.dataset.popularity(), pipeline.index)
+    stages = Stages(pipeline, store, resolver, train_histories, domain)
     model = model if model is not None else chat_model(settings, pipeline)
     understander = Understander(model, {g for i in items for g in i.genres}, decades(i.year for i in items),
-                                UnderstandConfig(use_llm=config.llm_understanding), is_title=resolver.is_title)
+                                UnderstandConfig(use_llm=config.llm_understanding), is_title=resolver.is_title, domain=domain)
     planner = None
     if config.planner == "tools":
         if not settings.llm_url:
             raise LLMRecError("the 'tools' planner needs a served model with tool calling: give --llm-url")
-        from llmrec.agents.tools import langchain_tools
-
-        planner = ToolPlanner(model, langchain_tools(stages), stages, config.max_tool_steps)
-    return Agent(stages, understander, checkpointer(folder / f"checkpoints-{pipeline.dataset.name}.sqlite"), config, planner)
+        planner = ToolPlanner(model, stages, config.max_tool_steps)
+    return Agent(stages, understander, checkpointer(folder / f"checkpoints-{key}.sqlite", config.store_timeout_s), config, planner, domain)

@@ -14,13 +14,14 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmrec.errors import LLMRecError, UnknownItem
+from llmrec.errors import LLMRecError, StoreError, UnknownItem
 from llmrec.schemas import Item
 
 Event = Literal["like", "watch", "dislike"]
@@ -34,6 +35,20 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user, id);
 """
+
+
+@contextmanager
+def sqlite_errors(path: Path | str) -> Iterator[None]:
+    """SQLite's errors as one `StoreError` line that names the file and what to do (exit 11), never a traceback."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StoreError(f"{path} is locked by another writer past the timeout ({exc}); try again, or raise "
+                             "LLMREC_CHAT_STORE_TIMEOUT_S") from None
+        raise StoreError(f"{path}: SQLite failed ({exc})") from None
+    except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        raise StoreError(f"{path} is not a readable SQLite database ({exc}); move it aside to start afresh") from None
 
 
 class FeedbackEvent(BaseModel):
@@ -58,20 +73,27 @@ class Profile(BaseModel):
 
 
 class FeedbackStore:
-    """One SQLite file; safe to share between threads (one connection, one lock)."""
+    """One SQLite file; safe to share between threads (one connection, one lock). SQLite failures (a corrupt file,
+    a lock held past `timeout_s`) are `StoreError`s."""
 
-    def __init__(self, path: Path, catalog: Mapping[str, Item]):
+    def __init__(self, path: Path, catalog: Mapping[str, Item], timeout_s: float = 5.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed row is on disk before `record` returns
-        self._db.executescript(_SCHEMA)
+        with sqlite_errors(self.path):
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=timeout_s)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a committed row is on disk (WAL fsynced) before `record` returns
+            self._db.executescript(_SCHEMA)
+
+    def pragma(self, name: str) -> str | int:
+        """A pragma in force on the store's connection (`journal_mode`, `synchronous`: 2 is FULL)."""
+        with self._lock, sqlite_errors(self.path):
+            return self._db.execute(f"PRAGMA {name}").fetchone()[0]
 
     def journal_mode(self) -> str:
-        return self._db.execute("PRAGMA journal_mode").fetchone()[0]
+        return str(self.pragma("journal_mode"))
 
     def record(self, user: str, item: str, event: Event) -> FeedbackEvent:
         """Store one event and acknowledge it (its row id) after the commit; an unknown item is refused (exit 3)."""
@@ -80,7 +102,7 @@ class FeedbackStore:
         if event not in ("like", "watch", "dislike"):
             raise LLMRecError(f"unknown feedback event {event!r}: like, watch or dislike")
         now = time.time()
-        with self._lock:
+        with self._lock, sqlite_errors(self.path):
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute("INSERT INTO feedback (user, item, event, ts) VALUES (?, ?, ?, ?)", (user, item, event, now)).lastrowid
@@ -91,7 +113,7 @@ class FeedbackStore:
         return FeedbackEvent(id=int(row), user=user, item=item, event=event, ts=now)
 
     def events(self, user: str) -> list[FeedbackEvent]:
-        with self._lock:
+        with self._lock, sqlite_errors(self.path):
             rows = self._db.execute("SELECT id, user, item, event, ts FROM feedback WHERE user = ? ORDER BY id", (user,)).fetchall()
         return [FeedbackEvent(id=r[0], user=r[1], item=r[2], event=r[3], ts=r[4]) for r in rows]
 

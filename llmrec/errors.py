@@ -73,3 +73,15 @@ class TrainingInterrupted(LLMRecError):
     """Ctrl-C during training: the checkpoint is saved and the existing adapter is untouched."""
 
     exit_code = 130
+
+
+class InputTooLarge(LLMRecError):
+    """A user-facing field over its cap (`llmrec.schemas.LIMITS`): a chat message, a history, `k`, an id."""
+
+    exit_code = 2
+
+
+class StoreError(LLMRecError):
+    """A session or feedback database (SQLite) is corrupt, not a database, or locked past its timeout."""
+
+    exit_code = 11

@@ -2,9 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llmrec.errors import InputTooLarge
+
+
+class Limits(BaseModel):
+    """Caps on every user-facing field, checked where a request enters (`RecommendRequest`, `ChatTurn`), so the CLI
+    and any later service refuse the same input with the same one-line `InputTooLarge` (exit 2)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_chars: int = Field(default=2000, description="One chat message.")
+    history_items: int = Field(default=5000, description="An ad-hoc history (item ids); ML-1M's longest user has 2,314.")
+    k: int = Field(default=100, description="Items asked for in one recommendation (a chat reply: `ChatConfig.k`, at most 20).")
+    id_chars: int = Field(default=128, description="A user id, an item id or a session id.")
+
+
+LIMITS = Limits()
+
+
+def check_size(field: str, value: Any, limit: int, unit: str) -> None:
+    """`InputTooLarge` when `value` (a str or a sequence) is longer than `limit`."""
+    if value is not None and len(value) > limit:
+        raise InputTooLarge(f"{field} is too long: {len(value)} {unit}, the limit is {limit}")
+
+
+def _check_ids(field: str, ids: Any) -> None:
+    if ids is None:
+        return
+    check_size(field, ids, LIMITS.history_items, "items")
+    long = next((i for i in ids if isinstance(i, str) and len(i) > LIMITS.id_chars), None)
+    if long is not None:
+        raise InputTooLarge(f"an item id in {field} is too long: {len(long)} characters, the limit is {LIMITS.id_chars}")
 
 
 class _Wire(BaseModel):
@@ -73,12 +105,80 @@ class Recommendation(_Wire):
     explanation: Explanation | None = None
 
 
+class ItemFilter(_Wire):
+    """What retrieval may return, beyond "not seen": the chat's session filters, as a parameter of the one
+    recommendation path (`Pipeline.recommend`). Genres and years filter; `exclude` and `disliked` items never
+    come back, and items like a disliked one are demoted; `anchors` seed retrieval, the newest last."""
+
+    genres: tuple[str, ...] = Field(default=(), description="Genres an item must all have.")
+    exclude_genres: tuple[str, ...] = Field(default=(), description="Genres an item must have none of.")
+    year_from: int | None = Field(default=None, ge=1800, le=2100)
+    year_to: int | None = Field(default=None, ge=1800, le=2100)
+    exclude: tuple[str, ...] = Field(default=(), description="Items never returned (e.g. already shown in the session).")
+    disliked: tuple[str, ...] = Field(default=(), description="Items never returned; candidates like them are demoted.")
+    anchors: tuple[str, ...] = Field(default=(), description="Items retrieval is anchored on, oldest first.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _caps(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("exclude", "disliked", "anchors"):
+                _check_ids(f"the filter's {name}", data.get(name))
+        return data
+
+    def matches(self, item: Item) -> bool:
+        """Whether an item passes the genre and year filters (an item with no year fails a year filter)."""
+        genres = set(item.genres)
+        if not set(self.genres) <= genres or genres & set(self.exclude_genres):
+            return False
+        if self.year_from is None and self.year_to is None:
+            return True
+        if item.year is None:
+            return False
+        return (self.year_from is None or item.year >= self.year_from) and (self.year_to is None or item.year <= self.year_to)
+
+    def restricts(self) -> bool:
+        """Whether genres or years narrow the catalog (exclusions and anchors do not)."""
+        return bool(self.genres or self.exclude_genres or self.year_from is not None or self.year_to is not None)
+
+
 class RecommendRequest(_Wire):
     user_id: str | None = None
     history: tuple[str, ...] | None = Field(default=None, description="Ad-hoc history (item ids, oldest first) instead of a user id.")
-    k: int = Field(default=10, ge=1, le=100)
+    k: int = Field(default=10, ge=1, le=LIMITS.k)
     scenario: str = "movies"
     explain: bool = False
+    filter: ItemFilter | None = Field(default=None, description="Restricts retrieval (the chat's session filters); None: any unseen item.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _caps(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_size("the user id", data.get("user_id"), LIMITS.id_chars, "characters")
+            _check_ids("the history", data.get("history"))
+            k = data.get("k")
+            if isinstance(k, int) and k > LIMITS.k:
+                raise InputTooLarge(f"k is too large: {k}, the limit is {LIMITS.k}")
+        return data
+
+
+class ChatTurn(_Wire):
+    """One chat message as it enters (`Agent.say`, later a service): the caps are checked here."""
+
+    session: str = Field(min_length=1, description="The conversation's id.")
+    message: str
+    user_id: str | None = None
+    history: tuple[str, ...] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _caps(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            check_size("the message", data.get("message"), LIMITS.message_chars, "characters")
+            check_size("the session id", data.get("session"), LIMITS.id_chars, "characters")
+            check_size("the user id", data.get("user_id"), LIMITS.id_chars, "characters")
+            _check_ids("the history", data.get("history"))
+        return data
 
 
 class ExplanationStats(_Wire):
@@ -99,5 +199,6 @@ class RecommendResponse(_Wire):
     history_used: int
     history_dropped: int = 0
     explanations: ExplanationStats | None = None
+    matched: int | None = Field(default=None, description="With a filter: candidates that passed it (before the cut to k).")
     notes: tuple[str, ...] = ()
     timings_ms: dict[str, float] = Field(default_factory=dict)

@@ -1,28 +1,44 @@
 """The one recommendation path: lookup → retrieve → rank (with its fallback) → explain.
 
-Every entry point calls `Pipeline.recommend`: the CLI, the chat agent's tools, the eval harness's LLM rows (and
-later the service). Fallbacks live here: an LLM failure or timeout keeps the retriever's order and says so;
-Chroma failing mid-run falls back to co-occurrence and popularity; an empty history gets popular, genre-diverse
-items; rejected explanations get grounded templates.
+Every entry point calls `Pipeline.recommend`: the CLI, the chat agent (its graph and its tools), the eval
+harness's LLM rows (and later the service). Fallbacks live here: an LLM failure or timeout keeps the retriever's
+order and says so; Chroma failing mid-run falls back to co-occurrence and popularity; an empty history gets
+popular, genre-diverse items; rejected explanations get grounded templates.
+
+A request's `filter` (`ItemFilter`: genres, years, excluded, disliked and anchor items) is a parameter of the
+retrieval step (`Pipeline.retrieve`), not a second pipeline: filtered retrieval fuses the retriever over the
+history with the anchors as its newest items, a Chroma search near the anchors (or the history, or the filter's
+words) and popularity, keeps only items that pass, and demotes items like a disliked one.
+
+Concurrency: `Pipeline.recommend` is safe to call from several threads at once. After `build_pipeline` every
+stage is read-only (fitted retrievers, the catalog, the Chroma collection, which is opened while building); the
+in-process engine serialises its own calls, and a server engine takes concurrent requests.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.data.catalog import Dataset
 from llmrec.errors import ChromaUnavailable, DatasetError, EmptyHistory, LLMRecError, LLMUnavailable, UnknownItem
 from llmrec.explain.explainer import LLMExplainer
 from llmrec.protocols import LLMEngine, Retriever, ScoringRanker
 from llmrec.ranking.fusion import retriever_order
+from llmrec.retrieval.index import CatalogIndex
+from llmrec.retrieval.retrievers import HybridRetriever
 from llmrec.scenario import Scenario
 from llmrec.schemas import (
     Candidate,
     Explanation,
     ExplanationStats,
     Item,
+    ItemFilter,
     RankedItem,
     Recommendation,
     RecommendRequest,
@@ -48,6 +64,19 @@ def popular_diverse(dataset: Dataset, popularity: Mapping[str, int], k: int, poo
     return chosen
 
 
+class FilterConfig(BaseModel):
+    """How filtered retrieval (a request with an `ItemFilter`) gathers and fuses its candidates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    depth: int = Field(default=300, ge=20, description="Candidates asked from each source before filtering.")
+    weights: dict[str, float] = Field(default_factory=lambda: {"history": 1.0, "catalog": 0.5, "popular": 0.05},
+                                      description="RRF weight per source; with no history, the catalog search leads.")
+    dislike_similarity: float = Field(default=0.6, ge=0, le=1,
+                                      description="Cosine similarity to a disliked item above which a candidate is demoted "
+                                                  "(linearly, to nothing at similarity 1).")
+
+
 @dataclass
 class Pipeline:
     settings: Settings
@@ -64,9 +93,30 @@ class Pipeline:
     """Why the scenario's stored fusion weight is not applied (not fitted, or fitted for another model/adapter/permutations)."""
     data_note: str | None = None
     """The scenario's adapter was trained on other data than its dataset holds now (a warning on every answer)."""
+    index: CatalogIndex | None = None
+    """The catalog's Chroma collection, searched by filtered retrieval; None leaves that search out."""
+    filtering: FilterConfig = field(default_factory=FilterConfig)
 
-    def retrieve(self, history: UserHistory, notes: list[str], k: int | None = None) -> list[Candidate]:
-        """The retriever's top `k` (default: the LLM's candidate count); Chroma failing mid-run is a note, not an error."""
+    def __post_init__(self) -> None:
+        # Until `build_pipeline` passes them: the index the hybrid retriever was built on, and popularity over the whole
+        # training log from its popularity member (the cold-start pool above is its top 100 only).
+        if isinstance(self.retriever, HybridRetriever):
+            if self.index is None:
+                self.index = next((m.index for m in self.retriever.members if isinstance(getattr(m, "index", None), CatalogIndex)), None)
+            everyone = self.retriever.popularity.retrieve(UserHistory(user_id=None, item_ids=()), len(self.dataset.items))
+            self.popularity = {**{c.item_id: int(c.retriever_score) for c in everyone}, **self.popularity}
+        self.popular: tuple[str, ...] = tuple(sorted(self.popularity, key=lambda i: (-self.popularity[i], i)))
+        """Every item with an interaction, the most popular first: the one popularity source."""
+
+    def standing_notes(self) -> list[str]:
+        """Notes that qualify every answer of this pipeline (what loading dropped, a stale adapter)."""
+        return [*self.dataset.report.notes, *([self.data_note] if self.data_note else [])]
+
+    def retrieve(self, history: UserHistory, notes: list[str], k: int | None = None, where: ItemFilter | None = None) -> list[Candidate]:
+        """The retriever's top `k` (default: the LLM's candidate count); Chroma failing mid-run is a note, not an error.
+        With `where`, the filtered retrieval (`retrieve_filtered`)."""
+        if where is not None:
+            return self.retrieve_filtered(history, where, notes, k)[0]
         k = k or self.settings.candidates
         try:
             return self.retriever.retrieve(history, k)
@@ -75,6 +125,84 @@ class Pipeline:
                 raise
             notes.append(f"Chroma was unavailable ({exc}); candidates come from co-occurrence and popularity only")
             return self.fallback_retriever.retrieve(history, k)
+
+    def retrieve_filtered(self, history: UserHistory, where: ItemFilter, notes: list[str],
+                          k: int | None = None) -> tuple[list[Candidate], int]:
+        """Up to `k` candidates that pass `where`, from three sources fused by weighted RRF: the retriever over the
+        history with the anchors as its newest items, the Chroma search near the anchors (or the history, or the
+        filter's words), and popularity. Seen, excluded, disliked and anchor items never pass; items like a disliked
+        one are demoted. With no history and no anchor, popularity within the filter leads (genre-diverse when nothing
+        filters). Returns the candidates and how many passed the filter in all."""
+        k = k or self.settings.candidates
+        config, catalog, seen = self.filtering, self.dataset.items, history.item_ids
+        banned = {*seen, *where.exclude, *where.disliked, *where.anchors}
+        ok = lambda i: i not in banned and i in catalog and where.matches(catalog[i])  # noqa: E731
+        lists: dict[str, list[str]] = {}
+        seeded = (*seen, *[a for a in where.anchors if a not in seen])
+        if seeded:
+            retrieved = self.retrieve(UserHistory(user_id=None, item_ids=seeded), notes, config.depth)
+            lists["history"] = [c.item_id for c in retrieved if ok(c.item_id)]
+        try:
+            lists["catalog"] = self.search(self._query(where.anchors, seen, where), where, config.depth // 3, banned)
+        except ChromaUnavailable as exc:
+            notes.append(f"the catalog search was unavailable ({exc}); candidates come from the history and popularity")
+        lists["popular"] = [i for i in self.popular if ok(i)][: config.depth]
+        weights = dict(config.weights)
+        if not seen and not where.anchors:  # a cold start
+            weights["popular"] = weights.get("history", 1.0)
+            if not where.restricts():
+                lists = {"popular": popular_diverse(self.dataset, {i: self.popularity[i] for i in lists["popular"]}, k)}
+        scores = self.steer_away(_rrf(lists, weights), where.disliked)
+        order = sorted(scores, key=lambda i: (-scores[i], i))
+        return [Candidate(item_id=i, retriever_rank=r, retriever_score=scores[i], sources=tuple(s for s in lists if i in lists[s]))
+                for r, i in enumerate(order[:k])], len(order)
+
+    def search(self, query: str | np.ndarray, where: ItemFilter = ItemFilter(), n: int = 20, exclude: Iterable[str] = ()) -> list[str]:
+        """Chroma's nearest items to a text or vector, under the filter (genres through the document text, years through
+        metadata); every hit is checked again against the catalog item, so only matching catalog items come back."""
+        if self.index is None:
+            return []
+        excluded = set(exclude)
+        chroma_where, where_document = _chroma_filters(where)
+        vector = self.index.embedder.encode([query])[0] if isinstance(query, str) else np.asarray(query, dtype=np.float32)
+        fetch = min(self.index.count(), n + len(excluded))
+        try:
+            got = self.index.collection.query(query_embeddings=[vector], n_results=max(fetch, 1), where=chroma_where,
+                                              where_document=where_document, include=[])
+        except Exception as exc:  # chromadb raises many types (httpx, ValueError on an empty filter result)
+            raise ChromaUnavailable(f"Chroma search failed: {exc}") from None
+        catalog = self.dataset.items
+        return [i for i in got["ids"][0] if i in catalog and i not in excluded and where.matches(catalog[i])][:n]
+
+    def _query(self, anchors: Sequence[str], history: Sequence[str], where: ItemFilter) -> str | np.ndarray:
+        """The catalog search's query: the anchors' (or the recent history's) vectors, the newest weighted most; else words."""
+        recent = list(reversed(anchors)) or list(dict.fromkeys(reversed(history)))[:10]
+        vectors = self.index.embeddings_for(recent) if self.index is not None and recent else {}
+        known = [i for i in recent if i in vectors]
+        if known:
+            weights = 0.5 ** np.arange(len(known))
+            return (weights[:, None] * np.stack([vectors[i] for i in known])).sum(0)
+        years = f" from {where.year_from or ''}-{where.year_to or ''}" if where.year_from or where.year_to else ""
+        return f"{' '.join(where.genres) or 'popular'} {self.scenario.domain}{years}"
+
+    def steer_away(self, scores: dict[str, float], disliked: Sequence[str]) -> dict[str, float]:
+        """Scale down each candidate by its cosine similarity to the closest disliked item, past `dislike_similarity`."""
+        if not disliked or self.index is None or not scores:
+            return scores
+        try:
+            vectors = self.index.embeddings_for([*disliked, *scores])
+        except ChromaUnavailable:
+            return scores
+        bad = [vectors[i] / max(float(np.linalg.norm(vectors[i])), 1e-12) for i in disliked if i in vectors]
+        floor = self.filtering.dislike_similarity
+        if not bad or floor >= 1:
+            return scores
+        out = {}
+        for i, score in scores.items():
+            v = vectors.get(i)
+            sim = max(float(v @ b) / max(float(np.linalg.norm(v)), 1e-12) for b in bad) if v is not None else 0.0
+            out[i] = score * (1.0 - min(1.0, max(0.0, (sim - floor) / (1.0 - floor))))
+        return out
 
     def lookup(self, request: RecommendRequest) -> UserHistory:
         if request.user_id is not None and request.history is not None:
@@ -96,20 +224,27 @@ class Pipeline:
         clock = time.perf_counter()
         history = self.lookup(request)
         history_items = self.items(history.item_ids)
-        notes: list[str] = list(self.dataset.report.notes)  # what loading dropped or assumed qualifies every answer
-        if self.data_note:
-            notes.append(self.data_note)
-        if not history.item_ids:
+        notes = self.standing_notes()  # what loading dropped or assumed qualifies every answer
+        where, matched = request.filter, None
+        if not history.item_ids and where is None:
             return self._cold_start(request, timings)
-        retrieved = self.retrieve(history, notes, max(request.k, self.settings.candidates))
+        if where is None:
+            retrieved = self.retrieve(history, notes, max(request.k, self.settings.candidates))
+        else:
+            retrieved, matched = self.retrieve_filtered(history, where, notes, max(request.k, self.settings.candidates))
         candidates, tail = retrieved[: self.settings.candidates], retrieved[self.settings.candidates :]
         if request.k > len(candidates) and tail:
             notes.append(f"the LLM reranks the retriever's first {len(candidates)} candidates; "
                          f"positions {len(candidates) + 1}-{len(candidates) + min(len(tail), request.k - len(candidates))} "
                          "are in the retriever's order")
-        if len(retrieved) < request.k:
+        if matched is not None and matched < request.k:
+            notes.append(f"only {matched} catalog items pass these filters" if matched else
+                         "no catalog item passes these filters; try fewer genres or a wider year range")
+        elif len(retrieved) < request.k:
             notes.append(f"asked for {request.k} items, but only {len(retrieved)} unseen items could be retrieved")
         timings["retrieve"] = _ms(clock)
+        if not history.item_ids or len(candidates) < 2:  # filtered, with no history (a cold start) or nothing to rerank
+            return self._unranked(request, history, retrieved, matched, notes, timings)
         degraded_reason = None
         clock = time.perf_counter()
         try:
@@ -139,7 +274,23 @@ class Pipeline:
             adapter=self.scenario.adapter.name if self.scenario.adapter else None, recommendations=recs,
             ranking="retriever" if degraded_reason and not any(r.llm_logprob is not None for r in top) else "llm-fused",
             degraded=degraded_reason is not None, degraded_reason=degraded_reason, history_used=history_used,
-            history_dropped=history_dropped, explanations=stats, notes=tuple(notes), timings_ms=timings,
+            history_dropped=history_dropped, explanations=stats, matched=matched, notes=tuple(notes), timings_ms=timings,
+        )
+
+    def _unranked(self, request: RecommendRequest, history: UserHistory, retrieved: list[Candidate], matched: int | None,
+                  notes: list[str], timings: dict[str, float]) -> RecommendResponse:
+        """A filtered answer in the retriever's order: a cold start (no history) or fewer than two candidates."""
+        cold = not history.item_ids
+        top = [RankedItem(item_id=c.item_id, rank=c.retriever_rank, score=-float(c.retriever_rank), retriever_rank=c.retriever_rank)
+               for c in retrieved[: request.k]]
+        explanations, stats = None, None
+        if request.explain:
+            explanations, stats, _ = self._explain(self.items(history.item_ids), self.items([r.item_id for r in top]))
+        return RecommendResponse(
+            user_id=history.user_id, scenario=self.scenario.name, model=self.engine.model_name, adapter=None,
+            recommendations=self._recommendations(top, explanations), ranking="cold-start" if cold else "retriever",
+            cold_start=cold, history_used=len(history.item_ids), explanations=stats, matched=matched, notes=tuple(notes),
+            timings_ms=timings,
         )
 
     def _explain(self, history: list[Item], items: list[Item]) -> tuple[list[Explanation], ExplanationStats, str | None]:
@@ -175,6 +326,23 @@ class Pipeline:
             notes=(*self.dataset.report.notes, "empty history: these are popular items chosen to cover many genres, not personalised"),
             timings_ms=timings,
         )
+
+
+def _chroma_filters(where: ItemFilter) -> tuple[dict | None, dict | None]:
+    """Chroma `where` (years, metadata) and `where_document` (genres: the indexed text ends 'Genres: a, b.')."""
+    years = [{"year": {"$gte": where.year_from}}] if where.year_from is not None else []
+    years += [{"year": {"$lte": where.year_to}}] if where.year_to is not None else []
+    docs = [{"$contains": g} for g in where.genres] + [{"$not_contains": g} for g in where.exclude_genres]
+    pick = lambda parts, key: None if not parts else parts[0] if len(parts) == 1 else {key: parts}  # noqa: E731
+    return pick(years, "$and"), pick(docs, "$and")
+
+
+def _rrf(lists: dict[str, list[str]], weights: dict[str, float], k: float = 1.0) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for name, ids in lists.items():
+        for rank, item_id in enumerate(ids):
+            scores[item_id] = scores.get(item_id, 0.0) + weights.get(name, 0.0) / (k + rank + 1)
+    return {i: s for i, s in scores.items() if s > 0 and math.isfinite(s)}
 
 
 def _ms(start: float) -> float:

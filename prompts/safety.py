@@ -46,8 +46,8 @@ ANSWER = re.compile(
     r"|\banswer\s*:(?:\s*" + _YES_NO + ")?",  # the ranking and pointwise prompts' own answer cue
     re.IGNORECASE,
 )
-IMPERATIVE = re.compile(
-    r"(?:\b(?:please|now|and|then|so)\s+)*(?:"
+_IMPERATIVE_CORE = re.compile(
+    r"(?:"
     r"\b(?:ignore|disregard|forget|override|bypass|skip)\s+(?:all|any|every(?:thing)?|the|previous|prior|above|earlier|preceding"
     r"|your|these|those|other|what|instructions?|rules?)\b"
     r"|\byou\s+(?:are\s+now|(?:must|should|will|have\s+to|need\s+to)\s+(?:now\s+)?(?:ignore|forget|disregard|answer|respond|reply"
@@ -60,6 +60,45 @@ IMPERATIVE = re.compile(
     r")" + _CLAUSE,
     re.IGNORECASE,
 )
+_LEAD_REVERSED = re.compile(r"(?:\s+(?:esaelp|won|dna|neht|os)\b)*+", re.IGNORECASE)
+"""Softeners before an imperative ("please", "and then"), matched backwards from its first word."""
+
+
+class _Imperative:
+    """An imperative injection phrase with the softeners before it ("and then ignore ..."), in linear time.
+
+    As one pattern (a starred group of softeners before the core), the regex backtracked over every suffix of a run
+    of those words at every start position: quadratic ("and " x 4,000 took 7 s). Here the core is searched alone, and each
+    match is extended backwards over its softeners by an anchored, possessive match on the reversed text before it
+    (never past the previous match), so every character is read a bounded number of times."""
+
+    def __init__(self, core: re.Pattern[str]):
+        self.core = core
+
+    def _spans(self, text: str):
+        floor = 0
+        for match in self.core.finditer(text):
+            start = match.start()
+            lead = _LEAD_REVERSED.match(text[floor:start][::-1])
+            if lead:
+                start -= lead.end()  # at the first softener's first letter
+            yield start, match.end()
+            floor = match.end()
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return self.core.search(text)
+
+    def sub(self, repl, text: str) -> str:
+        out, last = [], 0
+        for start, end in self._spans(text):
+            span = re.match(r".*", text[start:end], re.DOTALL)
+            assert span is not None
+            out += [text[last:start], repl(span) if callable(repl) else repl]
+            last = end
+        return "".join([*out, text[last:]])
+
+
+IMPERATIVE = _Imperative(_IMPERATIVE_CORE)
 DENYLIST = re.compile(  # words no title needs; a title still holding one after `sanitize` is withheld
     r"ignore (all|any|the|previous|prior|above|earlier)|disregard|forget (all|everything|the|your)|system prompt|"
     r"\binstructions?\b|you are now|new rules?|answer with|respond with|reply with|\bprint\b|\bsay\s+[\"']|\bjailbreak|\bprompt\b",

@@ -28,12 +28,28 @@ def test_wal_mode_is_on(store):
     assert store.journal_mode() == "wal"
 
 
-def test_an_acknowledged_event_is_on_disk_even_if_the_process_dies_right_after(tmp_path):
-    """A child records one event, prints the acknowledgement and is killed with SIGKILL (no close, no cleanup)."""
+def test_the_store_runs_wal_with_synchronous_full(store):
+    """The pragmas in force on the store's own connection: each commit's WAL frames are fsynced before `record` returns."""
+    assert store.pragma("journal_mode") == "wal" and store.pragma("synchronous") == 2  # 2 = FULL
+
+
+def test_a_corrupt_store_file_is_one_store_error(tmp_path):
+    from llmrec.errors import StoreError
+
+    path = tmp_path / "feedback.sqlite"
+    path.write_bytes(b"garbage " * 1000)
+    with pytest.raises(StoreError, match="not a readable SQLite database"):
+        FeedbackStore(path, CATALOG)
+
+
+def test_an_event_is_committed_before_it_is_acknowledged(tmp_path):
+    """A child records one event, prints the acknowledgement and is killed with SIGKILL (no close, no cleanup): the row
+    is there, so `record` commits before it returns. SIGKILL leaves the OS page cache intact, so this passes even with
+    `synchronous=OFF`; that the commit is also fsynced is shown by `test_the_store_runs_wal_with_synchronous_full`."""
     path = tmp_path / "feedback.sqlite"
     code = ("import os, signal\nfrom llmrec.agents.feedback import FeedbackStore\nfrom llmrec.schemas import Item\n"
-            "store = FeedbackStore(__import__('pathlib').Path(%r), {'2': Item(item_id='2', title='GoldenEye')})\n"
-            "event = store.record('u1', '2', 'like')\nprint(event.id, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n" % str(path))
+            f"store = FeedbackStore(__import__('pathlib').Path({str(path)!r}), {{'2': Item(item_id='2', title='GoldenEye')}})\n"
+            "event = store.record('u1', '2', 'like')\nprint(event.id, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
     child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert child.returncode == -9 and child.stdout.strip() == "1", child.stderr[-2000:]
     reopened = FeedbackStore(path, CATALOG)

@@ -22,6 +22,13 @@ def test_tools_planner_without_a_server_is_one_line(tmp_path):
     assert result.returncode == 1 and "--llm-url" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_message_over_the_cap_is_one_line_and_exit_2(tmp_path):
+    """The cap is checked before any model runs (`llmrec.schemas.LIMITS.message_chars`)."""
+    result = chat("--user", "196", stdin="a" * 2001 + "\n", env={"LLMREC_CHAT_STORE": str(tmp_path)})
+    assert result.returncode == 2 and "the message is too long: 2001 characters, the limit is 2000" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()[-1]) < 200
+
+
 @pytest.mark.llm
 def test_two_lines_through_a_pipe_get_two_replies_and_the_session_continues(tmp_path):
     env = {"LLMREC_CHAT_STORE": str(tmp_path)}
