@@ -1,10 +1,11 @@
-"""Retrieval quality on ML-100K, leave-one-out, every user, full ranking over unseen items.
+"""Retrieval quality on a dataset (default ML-100K), leave-one-out, every user, full ranking over unseen items.
 
 Fits each retriever on the training split, then scores the validation targets (history = train)
 and the test targets (history = train + valid). Run by hand:
 
     .venv/bin/python bench/retrieval_hr.py            # the table
     .venv/bin/python bench/retrieval_hr.py --tune     # grid-search the hybrid on validation only
+    .venv/bin/python bench/retrieval_hr.py --dataset book-crossing   # another built-in, or a folder of atomic files
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def evaluate(retriever, split: LeaveOneOutSplit, part: str) -> tuple[dict[str, f
 
 
 def build_retrievers(home: Path, chroma_url: str | None, dataset, split: LeaveOneOutSplit) -> dict[str, object]:
-    index = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=chroma_url))
+    index = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=chroma_url),
+                         source=dataset.source)
     print("index:", index.build(dataset.items.values()))
     train = split.train_histories()
     return {
@@ -115,12 +117,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=None, help="llmrec cache (default: LLMREC_HOME or ~/.cache/llmrec)")
     parser.add_argument("--tune", action="store_true", help="grid-search the hybrid on validation targets")
+    parser.add_argument("--dataset", default="ml-100k", help="a built-in dataset's name or a folder of RecBole atomic files")
     args = parser.parse_args()
     settings = Settings()
     home = args.home.expanduser().resolve() if args.home else settings.resolved_home()
-    dataset = load_dataset("ml-100k", home)
+    dataset = load_dataset(args.dataset, home)
+    for note in dataset.report.notes:
+        print("note:", note)
     split = LeaveOneOutSplit.from_dataset(dataset)
-    print(f"ml-100k: {len(split.train)} users, {len(split.test)} with test targets, split {split.fingerprint()[:12]}")
+    print(f"{dataset.name}: {len(split.train)} users, {len(split.test)} with test targets, split {split.fingerprint()[:12]}")
     retrievers = build_retrievers(home, settings.chroma_url, dataset, split)
     if args.tune:
         tune(retrievers, split)

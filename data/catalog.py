@@ -273,18 +273,20 @@ class Dataset:
         self._offsets = np.searchsorted(interactions.user, np.arange(len(user_ids) + 1))
 
     @classmethod
-    def from_folder(cls, folder: Path, name: str | None = None, source: str | None = None) -> Dataset:
-        """Load `<name>.item`, `<name>.inter` and an optional `<name>.user`; `source` defaults to the resolved folder."""
+    def from_folder(cls, folder: Path, name: str | None = None, source: str | None = None, notes: tuple[str, ...] = ()) -> Dataset:
+        """Load `<name>.item`, `<name>.inter` and an optional `<name>.user`; `source` defaults to the resolved folder;
+        `notes` (what the caller knows about the data, e.g. a built-in's timestamps are not times) lead the report's notes."""
         name = name or folder.name
         table = read_atomic(folder / f"{name}.inter", required=("user_id", "item_id"))
         items = load_items(folder / f"{name}.item")
         extra_users: list[str] = []
         if (folder / f"{name}.user").exists():
             extra_users = read_atomic(folder / f"{name}.user", required=("user_id",)).column("user_id")
-        return cls._build(name, items, table, extra_users, source or str(folder.resolve()))
+        return cls._build(name, items, table, extra_users, source or str(folder.resolve()), notes)
 
     @classmethod
-    def _build(cls, name: str, items: dict[str, Item], table: AtomicTable, extra_users: Iterable[str], source: str) -> Dataset:
+    def _build(cls, name: str, items: dict[str, Item], table: AtomicTable, extra_users: Iterable[str], source: str,
+               given_notes: tuple[str, ...] = ()) -> Dataset:
         users, item_col = table.column("user_id"), table.column("item_id")
         if not table.rows:
             raise DatasetError(f"{table.path}: no interactions (a header and no rows)")
@@ -293,7 +295,7 @@ class Dataset:
                 raise DatasetError(f"{table.path.name} line {number}: empty {'user_id' if not user.strip() else 'item_id'}")
         keep = np.fromiter((item in items for item in item_col), dtype=bool, count=len(item_col))
         dropped = int((~keep).sum())
-        notes = [_dropped_note(table, name, keep)] if dropped else []
+        notes = [*given_notes, *([_dropped_note(table, name, keep)] if dropped else [])]
         has_ts = table.has("timestamp")
         if has_ts:
             timestamps = _numeric_column(table, "timestamp", allow_empty=False)

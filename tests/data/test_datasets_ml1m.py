@@ -112,5 +112,5 @@ def test_ml1m_pins_every_file_it_reads_and_writes() -> None:
 
 
 def test_unknown_name_lists_both_builtins(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="built-ins are ml-100k, ml-1m"):
+    with pytest.raises(DatasetError, match="built-ins are book-crossing, ml-100k, ml-1m"):
         load_dataset("ml-20m", tmp_path)
