@@ -87,6 +87,10 @@ class ScoringRanker(Ranker, Protocol):
 
     def rank_scored(self, candidates: Sequence[Candidate], scores: LLMScores) -> list[RankedItem]: ...
 
+    def keeps_retriever_order(self, scores: LLMScores | None = None) -> bool:
+        """Whether the fused order is the retriever's own (w = inf), for these scores' request or, without scores, for every one."""
+        ...
+
 
 @runtime_checkable
 class Explainer(Protocol):

@@ -86,9 +86,9 @@ def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_h
     explainer = LLMExplainer(engine, ExplainPromptBuilder(ExplainPromptConfig(domain=scenario.domain)), validator,
                              adapter=lora if objective.explains else None, cowatch=CoWatch(histories),
                              claims=ClaimChecker(dataset.items.values(), validator))
-    # The cold-start pool: the hybrid's own fitted popularity member, not a second count.
-    pool = retriever.popularity.retrieve(UserHistory(user_id=None, item_ids=()), 100)
+    # The one popularity source: the hybrid's own fitted popularity member over every item, not a second count.
+    pool = retriever.popularity.retrieve(UserHistory(user_id=None, item_ids=()), len(dataset.items))
     popularity = {c.item_id: int(c.retriever_score) for c in pool}
     fallback = HybridRetriever(retriever.config, index=None).fit(histories)
     return Pipeline(settings, scenario, dataset, retriever, engine, ranker, explainer, popularity, fallback, fusion_note=fusion_note,
-                    data_note=data_note)
+                    data_note=data_note, index=index)

@@ -31,7 +31,6 @@ from llmrec.explain.explainer import LLMExplainer
 from llmrec.protocols import LLMEngine, Retriever, ScoringRanker
 from llmrec.ranking.fusion import retriever_order
 from llmrec.retrieval.index import CatalogIndex
-from llmrec.retrieval.retrievers import HybridRetriever
 from llmrec.scenario import Scenario
 from llmrec.schemas import (
     Candidate,
@@ -98,13 +97,6 @@ class Pipeline:
     filtering: FilterConfig = field(default_factory=FilterConfig)
 
     def __post_init__(self) -> None:
-        # Until `build_pipeline` passes them: the index the hybrid retriever was built on, and popularity over the whole
-        # training log from its popularity member (the cold-start pool above is its top 100 only).
-        if isinstance(self.retriever, HybridRetriever):
-            if self.index is None:
-                self.index = next((m.index for m in self.retriever.members if isinstance(getattr(m, "index", None), CatalogIndex)), None)
-            everyone = self.retriever.popularity.retrieve(UserHistory(user_id=None, item_ids=()), len(self.dataset.items))
-            self.popularity = {**{c.item_id: int(c.retriever_score) for c in everyone}, **self.popularity}
         self.popular: tuple[str, ...] = tuple(sorted(self.popularity, key=lambda i: (-self.popularity[i], i)))
         """Every item with an interaction, the most popular first: the one popularity source."""
 
@@ -245,21 +237,27 @@ class Pipeline:
         timings["retrieve"] = _ms(clock)
         if not history.item_ids or len(candidates) < 2:  # filtered, with no history (a cold start) or nothing to rerank
             return self._unranked(request, history, retrieved, matched, notes, timings)
-        degraded_reason = None
+        degraded_reason, llm_ranked = None, False
         clock = time.perf_counter()
-        try:
-            scores = self.ranker.score_many([(history_items, candidates)])[0]
-            ranked = self.ranker.rank_scored(candidates, scores)
-            history_used, history_dropped = scores.history_used, scores.history_dropped
-            if history_dropped:
-                notes.append(f"the prompt holds the {history_used} most recent of {len(history_items)} history items; "
-                             f"{history_dropped} older ones were left out of it (retrieval used all of them)")
-            if self.fusion_note:
-                notes.append(self.fusion_note)
-        except LLMUnavailable as exc:
-            ranked, degraded_reason = retriever_order(candidates), str(exc)
-            history_used, history_dropped = len(history_items), 0
-            notes.append("the LLM was unavailable, so this is the retriever's order")
+        if self.ranker.keeps_retriever_order():  # w = inf for every history: scoring could move nothing, so it is skipped
+            ranked, history_used, history_dropped = retriever_order(candidates), len(history_items), 0
+            notes.append(self.fusion_note or "the scenario's fusion weight keeps the retriever's order (no LLM gain passed its "
+                                             "significance gate on validation users), so the LLM did not rank this list")
+        else:
+            try:
+                scores = self.ranker.score_many([(history_items, candidates)])[0]
+                ranked = self.ranker.rank_scored(candidates, scores)
+                llm_ranked = not self.ranker.keeps_retriever_order(scores)
+                history_used, history_dropped = scores.history_used, scores.history_dropped
+                if history_dropped:
+                    notes.append(f"the prompt holds the {history_used} most recent of {len(history_items)} history items; "
+                                 f"{history_dropped} older ones were left out of it (retrieval used all of them)")
+                if self.fusion_note:
+                    notes.append(self.fusion_note)
+            except LLMUnavailable as exc:
+                ranked, degraded_reason = retriever_order(candidates), str(exc)
+                history_used, history_dropped = len(history_items), 0
+                notes.append("the LLM was unavailable, so this is the retriever's order")
         timings["rank"] = _ms(clock)
         top = (ranked + retriever_order(tail, start=len(ranked)))[: request.k]
         explanations, stats = None, None
@@ -272,7 +270,7 @@ class Pipeline:
         return RecommendResponse(
             user_id=history.user_id, scenario=self.scenario.name, model=self.engine.model_name,
             adapter=self.scenario.adapter.name if self.scenario.adapter else None, recommendations=recs,
-            ranking="retriever" if degraded_reason and not any(r.llm_logprob is not None for r in top) else "llm-fused",
+            ranking="llm-fused" if llm_ranked else "retriever",
             degraded=degraded_reason is not None, degraded_reason=degraded_reason, history_used=history_used,
             history_dropped=history_dropped, explanations=stats, matched=matched, notes=tuple(notes), timings_ms=timings,
         )

@@ -49,11 +49,34 @@ def engine(settings, model_dir):
     return engine
 
 
+LLM_SCENARIO = "movies-llm"
+"""ML-100K with a hand-set fusion weight, so the LLM really ranks: the built-in `movies` ships the retriever's order
+(its weight never passed the gate), and a pipeline on it never asks the LLM to rank."""
+
+
 @pytest.fixture(scope="session")
-def pipeline(settings, engine):
+def llm_settings(tmp_path_factory, settings):
+    """Settings on a home that shares the real cache (data, models, index) and adds the `movies-llm` scenario."""
+    import json
+
+    real = settings.resolved_home()
+    home = tmp_path_factory.mktemp("llm-home")
+    for name in ("datasets", "models", "wheels", "chroma", "item-vectors"):
+        (real / name).mkdir(parents=True, exist_ok=True)
+        (home / name).symlink_to(real / name)
+    folder = home / "scenarios" / LLM_SCENARIO
+    folder.mkdir(parents=True)
+    (folder / "scenario.json").write_text(json.dumps({"name": LLM_SCENARIO, "dataset": "ml-100k", "domain": "movie",
+                                                      "fusion": {"weight": 0.25}}))
+    return settings.model_copy(update={"home": home})
+
+
+@pytest.fixture(scope="session")
+def pipeline(llm_settings, engine):
+    """The real pipeline with the LLM ranking (w = .25, set by hand), on the session's engine."""
     from llmrec.pipeline import build_pipeline
 
-    return build_pipeline(settings, "movies", engine=engine, progress=False)
+    return build_pipeline(llm_settings, LLM_SCENARIO, engine=engine, progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -45,10 +45,14 @@ def test_a_weight_fitted_for_another_model_keeps_the_retriever_order_and_says_so
 def test_the_builtin_movies_scenario_ships_the_retrievers_order(build):
     """Its .25 was never gated (a within-noise gain on the users it was chosen on): the retriever's order ships, even
     for the model it was fitted for, and the ranker says so (`keeps_retriever_order`, for `ranking: retriever`)."""
-    pipeline = build(last_label_engine("SmolLM2-135M-Instruct"))
+    engine = last_label_engine("SmolLM2-135M-Instruct")
+    pipeline = build(engine)
     response = pipeline.recommend(RecommendRequest(user_id="196", k=10))
-    assert math.isinf(pipeline.ranker.config.fusion_weight) and not any("fusion weight" in n for n in response.notes)
+    assert math.isinf(pipeline.ranker.config.fusion_weight) and not any("fitted for model" in n for n in response.notes)
     assert [r.retriever_rank for r in response.recommendations] == list(range(10))
+    # w = inf for every history: the LLM is not asked to score what it could not move, and the response says whose order it is
+    assert response.ranking == "retriever" and not response.degraded and not [c for c in engine.calls if c[0] == "score"]
+    assert any("the LLM did not rank this list" in n for n in response.notes)
     assert pipeline.ranker.keeps_retriever_order() and pipeline.scenario.fusion.fitted_on.best_weight == 0.25
 
 

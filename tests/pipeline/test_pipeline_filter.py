@@ -21,7 +21,8 @@ def test_a_filter_narrows_retrieval_and_its_exclusions_never_come_back(scripted_
     history = pipeline.dataset.history("196").item_ids
     plain = pipeline.recommend(RecommendRequest(history=history, k=5, filter=ItemFilter(genres=("Comedy",), year_from=1990, year_to=1999)))
     first = [r.item.item_id for r in plain.recommendations]
-    assert len(first) == 5 and plain.ranking == "llm-fused" and plain.matched >= 5
+    assert len(first) == 5 and plain.matched >= 5
+    assert plain.ranking == "retriever"  # the scripted engine has no fitted weight: the retriever's order, and it says so
     assert all("Comedy" in r.item.genres and 1990 <= r.item.year <= 1999 for r in plain.recommendations)
     where = ItemFilter(genres=("Comedy",), year_from=1990, year_to=1999, exclude=tuple(first[:2]), disliked=(first[2],))
     again = pipeline.recommend(RecommendRequest(history=history, k=5, filter=where))
