@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     llm_url: str | None = Field(default=None, description="OpenAI-compatible vLLM server (…/v1); in-process vLLM when unset.")
     llm_timeout_s: float = Field(default=120.0, description="Per-call timeout; past it the answer falls back to the retriever's order.")
     chroma_url: str | None = Field(default=None, description="Chroma server URL (http://host:port); embedded PersistentClient when unset.")
-    kv_cache_gb: int = Field(default=2, description="VLLM_CPU_KVCACHE_SPACE for the in-process engine.")
+    kv_cache_gb: int = Field(default=2, description="GiB of KV cache for the in-process engine (its own kv_cache_memory_bytes; a VLLM_CPU_KVCACHE_SPACE you set still overrides it).")
     max_model_len: int = Field(default=2048)
     enforce_eager: bool = Field(default=True, description="Skip vLLM's compile warm-up (~60 s) at some cost in speed.")
     candidates: int = Field(default=20, ge=2, le=26, description="How many candidates the retriever hands to the LLM (labels A..Z).")
