@@ -69,21 +69,33 @@ class EmbeddingTrainConfig(BaseModel):
         "Stage 2: LoRA on the item encoder's blocks below the pooled layer, trained with the towers (None: frozen encoder)."))
 
 
-def _standardisation(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def standardisation(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matrix.mean(0).astype(np.float32), (matrix.std(0) + 1e-6).astype(np.float32)
 
 
 class _Towers:
     """The torch side of `TwoTower`: the same tensors, trainable."""
 
-    def __init__(self, vectors: np.ndarray, config: TwoTowerConfig, seed: int):
+    def __init__(self, vectors: np.ndarray, config: TwoTowerConfig, seed: int, init: TwoTower | None = None):
+        """`init`: start from another adapter's maps (transfer); the standardisation is always this catalog's own."""
         import torch
 
         torch.manual_seed(seed)
-        self.center, self.scale = _standardisation(vectors)
+        self.center, self.scale = standardisation(vectors)
         self.x = torch.from_numpy((vectors - self.center) / self.scale)
-        self.user = torch.nn.Linear(vectors.shape[1], config.dim)
-        self.item = torch.nn.Linear(vectors.shape[1], config.dim)
+        if init is not None:
+            if init.tensors["user_weight"].shape[0] != vectors.shape[1]:
+                raise DatasetError(f"the starting adapter's towers take {init.tensors['user_weight'].shape[0]}-wide item vectors; "
+                                   f"these are {vectors.shape[1]}-wide (another base model or layer)")
+            config = init.config
+        width = config.dim if init is None else init.tensors["user_weight"].shape[1]
+        self.user = torch.nn.Linear(vectors.shape[1], width)
+        self.item = torch.nn.Linear(vectors.shape[1], width)
+        if init is not None:
+            with torch.no_grad():
+                for layer, side in ((self.user, "user"), (self.item, "item")):
+                    layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(init.tensors[f"{side}_weight"].T)))
+                    layer.bias.copy_(torch.from_numpy(np.ascontiguousarray(init.tensors[f"{side}_bias"])))
         self.config = config
 
     def parameters(self):
@@ -107,19 +119,25 @@ class TrainResult:
 
 
 @trains_on_config_threads  # config.threads for this call only
-def train_towers(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingTrainConfig, progress: bool = True) -> TrainResult:
-    """`config.seeds` towers (seeds seed, seed+1, ...), each with its best validation epoch, joined into one (`join`)."""
-    data = next_item_examples(split.train, vectors.index(), config.tower)
+def train_towers(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingTrainConfig, progress: bool = True,
+                 users: Sequence[str] | None = None, init: TwoTower | None = None) -> TrainResult:
+    """`config.seeds` towers (seeds seed, seed+1, ...), each with its best validation epoch, joined into one (`join`).
+
+    `users`: learn from these users alone (a few-shot run): their training prefixes give the examples, and their
+    validation targets the selection half that picks each seed's epoch. `init`: start every seed from this tower (transfer)."""
+    chosen = set(users) if users is not None else None
+    histories = split.train if chosen is None else {u: items for u, items in split.train.items() if u in chosen}
+    data = next_item_examples(histories, vectors.index(), config.tower)
     if not len(data.target):
         raise DatasetError("no next-item training examples: every user's training prefix is shorter than 2 items")
+    selecting = validation_halves([u for u in split.valid_users() if chosen is None or u in chosen], config.seed).selection
     budget = _Budget(config)
     runs = []
     for seed in range(config.seed, config.seed + config.seeds):
-        runs.append(_train_one(vectors, split, config, data, seed, budget, progress))
+        runs.append(_train_one(vectors, split, config, data, seed, budget, progress, selecting, init))
         if budget.spent():
             break
     tower = join([run.pop("tower") for run in runs])
-    selecting = validation_halves(split.valid_users(), config.seed).selection
     ndcg = validation_ndcg(tower, vectors, split, users=selecting) if len(runs) > 1 else runs[0]["valid_ndcg10"]
     manifest = {"examples": len(data.target), "steps": budget.steps, "wall_time_s": round(time.perf_counter() - budget.started, 1),
                 "seeds": runs, "valid_ndcg10_alone_full_ranking": round(ndcg, 5), "valid_users_selecting": len(selecting)}
@@ -127,14 +145,13 @@ def train_towers(vectors: ItemVectors, split: LeaveOneOutSplit, config: Embeddin
 
 
 def _train_one(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingTrainConfig, data: Examples, seed: int,
-               budget: _Budget, progress: bool) -> dict:
+               budget: _Budget, progress: bool, selecting: Sequence[str], init: TwoTower | None = None) -> dict:
     """AdamW on a full-catalog softmax; the epoch with the best validation NDCG@10 on the selection half of the
-    validation users is kept (patience ends it early): the gate half stays unseen by this choice."""
+    validation users (`selecting`) is kept (patience ends it early): the gate half stays unseen by this choice.
+    With no selection users (a tiny few-shot run), the last epoch is kept."""
     import torch
 
-    selecting = validation_halves(split.valid_users(), config.seed).selection
-
-    towers = _Towers(vectors.matrix, config.tower, seed)
+    towers = _Towers(vectors.matrix, config.tower, seed, init)
     optimizer = torch.optim.AdamW(towers.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     hist, weights, target = (torch.from_numpy(a) for a in (data.history, data.weights, data.target))
@@ -159,9 +176,9 @@ def _train_one(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingT
         ndcg = validation_ndcg(tower, vectors, split, users=selecting)
         curve.append({"epoch": epoch, "examples": seen, "train_loss": round(total / seen, 4), "valid_ndcg10": round(ndcg, 5),
                       "seconds": round(time.perf_counter() - budget.started, 1)})
-        if ndcg > best[0]:
+        if ndcg > best[0] or not selecting:
             best = (ndcg, tower, epoch)
-        if stop or epoch - best[2] >= config.patience:
+        if stop or (selecting and epoch - best[2] >= config.patience):
             stop = stop or f"no better validation NDCG@10 for {config.patience} epoch(s)"
             break
     return {"seed": seed, "best_epoch": best[2], "valid_ndcg10": round(best[0], 5), "stopped": stop or "all epochs done",

@@ -228,7 +228,7 @@ class _Reader:
     def title_parts(self, raw: str, start: int, is_title: Callable[[str], bool]) -> list[tuple[str, int, int]]:
         """(title, start, end) in the text for a cue's span: cut at the clause's end, then split where a list mixes
         titles and genres ('horror or Titanic'); a list of titles alone stays whole (the resolver splits it)."""
-        cut = re.split(r"\s+(?:but|though|however|please|and\s+(?:never|no|not|i|something|more))\b", raw, maxsplit=1,
+        cut = re.split(r"\s+(?:but|though|however|please|instead|and\s+(?:never|no|not|i|something|more))\b", raw, maxsplit=1,
                        flags=re.IGNORECASE)[0].rstrip()
         whole = self.clean_title(cut, is_title)
         if whole and is_title(whole):

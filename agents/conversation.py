@@ -5,8 +5,10 @@
 - **understand**: llmrec's rules read the message; the LLM fills a small JSON schema under vLLM's grammar
   and may add only what the message supports (`agents.understand`). Titles resolve against the catalog
   (`agents.titles`); an unresolved title becomes a question. "I loved X" is a `like` and "never show me Y"
-  a `dislike`, both stored before the turn goes on (`agents.feedback`). "More like the second one"
-  anchors retrieval on that item; "older"/"newer" move the year range.
+  a `dislike`, both stored before the turn goes on (`agents.feedback`). A title only mentioned ("something
+  like Heat", `Is "Fargo" any good?`, "my kids loved Toy Story") and "more like the second one" anchor
+  retrieval on that item, newest last, with nothing stored; "older"/"newer" move the year range. What the
+  rules could not read ("more violent") is named in the reply's notes.
 - **recommend**: the one recommendation path, `Pipeline.recommend`, with the session's filters as its typed
   retrieval filter (`ItemFilter`): candidates from the history (with the anchors), the Chroma catalog search and
   popularity; seen, shown and disliked items never, items like a disliked one demoted; then the pipeline's ranker
@@ -219,29 +221,36 @@ class Agent:
         reading = self.understander.read(state.message)
         turn = reading.merged
         questions: list[str] = []
-        events, anchors = self._feedback(state, turn, questions)
+        events, anchors, fresh = self._feedback(state, turn, questions)
         filters = accumulate(state.constraints, turn)
-        if turn.reset:  # "instead": earlier anchors go too, this turn's likes stay
-            anchors = [a for a in anchors if a in {e.item for e in events if e.event == "like"}]
+        if turn.reset:  # "instead": earlier anchors go too, this turn's (likes, mentions, '#2') stay
+            anchors = [a for a in anchors if a in fresh]
         filters = apply_era(filters, turn.era, self._reference_year(anchors, state.shown))
+        notes = [self.words.not_an_instruction] if looks_like_instruction(state.message) else []
+        unread = [_quoted(u) for u in turn.unread if not looks_like_instruction(u)] if not notes else []
+        if unread:
+            notes.append(f"I couldn't read: {'; '.join(unread)}")
         return {"reading": reading, "constraints": filters.validated(self.vocabulary), "anchors": newest_last(anchors)[-3:],
-                "feedback": (*state.feedback, *events), "questions": tuple(questions),
-                "notes": (self.words.not_an_instruction,) if looks_like_instruction(state.message) else (), "turn": state.turn + 1}
+                "feedback": (*state.feedback, *events), "questions": tuple(questions), "notes": tuple(notes), "turn": state.turn + 1}
 
-    def _feedback(self, state: ChatState, turn: Constraints, questions: list[str]) -> tuple[list[FeedbackEvent], list[str]]:
-        """Liked titles become `like` events and anchors, excluded ones `dislike` events; '#2' anchors on the shown item."""
+    def _feedback(self, state: ChatState, turn: Constraints, questions: list[str]) -> tuple[list[FeedbackEvent], list[str], set[str]]:
+        """Liked titles become `like` events and anchors, excluded ones `dislike` events; mentioned titles ('something
+        like Heat', 'Is "Fargo" any good?') and '#2' become anchors with no event stored. Returns the events, the
+        anchors (newest last) and this turn's own anchors."""
         liked = self._resolve(turn.liked_titles, questions)
         excluded = self._resolve(turn.excluded_titles, questions)
+        mentioned = [i for i in self._resolve(turn.mentions, questions) if i not in liked]
         events = [self.stages.record_feedback(state.user_key, item, "like") for item in liked]
         events += [self.stages.record_feedback(state.user_key, item, "dislike") for item in excluded]
-        anchors = [a for a in (*state.anchors, *liked) if a not in excluded]
+        fresh = [*liked, *mentioned]
         if turn.more_like is not None:
             if 1 <= turn.more_like <= len(state.shown):
-                anchors.append(state.shown[turn.more_like - 1])
+                fresh.append(state.shown[turn.more_like - 1])
             else:
                 questions.append(f"I showed {len(state.shown)} items last time, so there is no #{turn.more_like}; which one do you mean?"
                                  if state.shown else self.words.nothing_shown)
-        return events, anchors
+        anchors = [a for a in (*state.anchors, *fresh) if a not in excluded]
+        return events, anchors, set(fresh) - set(excluded)
 
     def _resolve(self, titles: Sequence[str], questions: list[str]) -> list[str]:
         """Catalog ids of the titles that resolve; a question for each that does not."""

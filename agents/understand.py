@@ -29,14 +29,7 @@ from llmrec.text import normal
 
 SYSTEM_TEMPLATE = ("You read a request for {plural} and fill in JSON. Put only what the request says: genres wanted, genres not "
                    "wanted, the decade ('any' if none), titles the user liked and titles the user does not want.")
-SYSTEM = SYSTEM_TEMPLATE.format(plural=default_domain().plural)
-SHOTS = (
-    ("a scary film from the 80s, no comedy, I loved Alien",
-     {"genres": ["Horror"], "not_genres": ["Comedy"], "decade": "1980s", "liked": ["Alien"], "disliked": []}),
-    ("show me a western", {"genres": ["Western"], "not_genres": [], "decade": "any", "liked": [], "disliked": []}),
-    ("I hated Titanic, something with spies", {"genres": ["Thriller"], "not_genres": [], "decade": "any", "liked": [],
-                                                "disliked": ["Titanic"]}),
-)
+"""The system prompt; its few-shot examples are the domain's (`Domain.shots`, from `llmrec/domains/<name>.json`)."""
 
 
 class Extraction(BaseModel):
@@ -123,12 +116,16 @@ class Understander:
         self.schema = extraction_schema(self.vocabulary, self.decades, self.config.title_chars)
         self.stats = UnderstandStats()
 
+    @property
+    def system(self) -> str:
+        return SYSTEM_TEMPLATE.format(plural=self.domain.plural)
+
     def messages(self, message: str) -> list[Any]:
         from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-        turns: list[Any] = [SystemMessage(SYSTEM_TEMPLATE.format(plural=self.domain.plural))]
-        for question, answer in SHOTS:
-            turns += [HumanMessage(question), AIMessage(json.dumps(answer, separators=(",", ":")))]
+        turns: list[Any] = [SystemMessage(self.system)]
+        for shot in self.domain.shots:
+            turns += [HumanMessage(shot.message), AIMessage(json.dumps(shot.answer, separators=(",", ":")))]
         return [*turns, HumanMessage(" ".join(message.split())[:500])]
 
     def read(self, message: str) -> TurnReading:

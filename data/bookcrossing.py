@@ -27,8 +27,8 @@ function of the sha256-pinned raw files; the decisions, and why:
   Years of 0, not numeric, before 1000 or after 2004 (the crawl) are unknown (empty): 46 zeros and 2 future
   years among the kept books. The data has no genres or subjects, so `genres` stays empty: authors and
   publishers are not genres (the chat agent offers genres as filters).
-  `Item` has no field for the author and publisher yet: their columns are written so a loader that reads them
-  needs no rebuild (the converted files' pins stay), and until then they do not reach the item's text.
+  The author and publisher reach `Item.attributes` (`catalog.ATTRIBUTE_COLUMNS`), and from there the Chroma document,
+  the LLM item encoder's text and (the author only) the ranking and explanation prompts.
 - **No timestamps.** Book-Crossing has none, so `timestamp:float` is each user's rank (1..n) in a seeded random
   order: the items sorted by sha256 of (ORDER_SEED, user, ISBN), stable across Python and NumPy versions.
   The leave-one-out split (by timestamp) is therefore a seeded random split, not a temporal one, and

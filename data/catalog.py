@@ -31,6 +31,10 @@ FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 TITLE_COLUMNS = ("movie_title", "title", "item_name")
 YEAR_COLUMNS = ("release_year", "year")
 GENRE_COLUMNS = ("class", "genre", "genres", "categories")
+ATTRIBUTE_COLUMNS = ("author", "publisher")
+"""Extra text columns read into `Item.attributes` (by exact name, any token/token_seq type), in this order; any other
+column is ignored. Book-Crossing's .item has both. A column listed here is never picked as the title."""
+MAX_ATTRIBUTE_CHARS = 80
 MAX_TITLE_CHARS = 120
 MAX_GENRE_CHARS = 40
 MAX_GENRES = 20
@@ -162,7 +166,8 @@ def _parse_year(raw: str) -> int | None:
     return int(value) if value.is_integer() and 1000 <= value <= 2999 else None
 
 
-def make_item(item_id: str, raw_title: str, raw_year: str | None, raw_genres: str) -> Item:
+def make_item(item_id: str, raw_title: str, raw_year: str | None, raw_genres: str,
+              raw_attributes: tuple[tuple[str, str], ...] = ()) -> Item:
     """Build one clean `Item`, recording every data quirk it met in `flags`.
 
     A missing or non-numeric year is taken from a "(1995)" title suffix when there is one
@@ -184,30 +189,36 @@ def make_item(item_id: str, raw_title: str, raw_year: str | None, raw_genres: st
     if year is None and given:
         flags.append("bad-year")
     genres = tuple(clean_text(g, MAX_GENRE_CHARS) for g in raw_genres.split()[:MAX_GENRES])
-    return Item(item_id=item_id, title=clean_text(title, MAX_TITLE_CHARS), year=year, genres=genres, flags=tuple(flags))
+    attributes = tuple((name, text) for name, value in raw_attributes if (text := clean_text(value, MAX_ATTRIBUTE_CHARS)))
+    return Item(item_id=item_id, title=clean_text(title, MAX_TITLE_CHARS), year=year, genres=genres, flags=tuple(flags),
+                attributes=attributes)
 
 
 def load_items(path: Path) -> dict[str, Item]:
-    """Read the `.item` file, picking title-, year- and genre-like columns by name."""
+    """Read the `.item` file, picking title-, year- and genre-like columns by name, and `ATTRIBUTE_COLUMNS`."""
     table = read_atomic(path, required=("item_id",))
     if not table.rows:
         raise DatasetError(f"{path}: no items (a header and no rows)")
     title_col = _pick(table, TITLE_COLUMNS)
     genre_col = _pick(table, GENRE_COLUMNS)
     if title_col is None:
-        title_col = next((f for f, t in zip(table.fields, table.types) if t == "token_seq" and f != genre_col), None)
+        title_col = next((f for f, t in zip(table.fields, table.types)
+                          if t == "token_seq" and f != genre_col and f not in ATTRIBUTE_COLUMNS), None)
     year_col = _pick(table, YEAR_COLUMNS)
     ids = table.column("item_id")
     titles = table.column(title_col) if title_col else [""] * len(ids)
     years = table.column(year_col) if year_col else [None] * len(ids)
     genres = table.column(genre_col) if genre_col else [""] * len(ids)
+    extra = [name for name in ATTRIBUTE_COLUMNS if table.has(name)]
+    columns = [table.column(name) for name in extra]
+    attributes = [tuple(zip(extra, values)) for values in zip(*columns)] if extra else [()] * len(ids)
     items: dict[str, Item] = {}
-    for number, item_id, title, year, genre in zip(table.line_numbers, ids, titles, years, genres):
+    for number, item_id, title, year, genre, attrs in zip(table.line_numbers, ids, titles, years, genres, attributes):
         if not item_id.strip():
             raise DatasetError(f"{path.name} line {number}: empty item_id")
         if item_id in items:
             raise DatasetError(f"{path.name} line {number}: item_id {item_id[:40]!r} appears twice")
-        items[item_id] = make_item(item_id, title, year, genre)
+        items[item_id] = make_item(item_id, title, year, genre, attrs)
     return items
 
 

@@ -1,6 +1,7 @@
 """The LLM as an encoder of item text: mean-pooled hidden states of one layer, cached per model, layer and catalog.
 
-Item text is "Title (Year) | genres", sanitised as for prompts (item text is untrusted). Vectors are computed once
+Item text is "Title (Year) | genres", then "| author: X; publisher: Y" for an item with attributes (Book-Crossing),
+sanitised as for prompts (item text is untrusted). Vectors are computed once
 per (model, layer, dtype, catalog text, encoder LoRA) and cached under `<home>/item-vectors/`, written atomically
 under a unique temporary name.
 """
@@ -18,20 +19,30 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.manifest import base_model_sha256, model_key
-from llmrec.prompts.builders import clean_for_prompt, safe_title
+from llmrec.prompts.builders import clean_for_prompt, safe_attribute, safe_title
 from llmrec.prompts.safety import looks_like_instruction
 from llmrec.schemas import Item
 
 log = logging.getLogger(__name__)
 
-ITEM_TEXT_VERSION = "item-text/v1"
+ITEM_TEXT_VERSION = "item-text/v2"
+"""v2 adds the item's attributes; for an item without any (every MovieLens movie) its text is v1's, byte for byte, and
+a catalog without attributes keeps v1's vector-cache key (`text_version`), so no cached vectors are recomputed."""
+
+
+def text_version(items: Sequence[Item]) -> str:
+    """The item-text version the vector cache is keyed by: v1 for a catalog without attributes (its texts are v1's)."""
+    return ITEM_TEXT_VERSION if any(item.attributes for item in items) else "item-text/v1"
 
 
 def item_text(item: Item) -> str:
-    """'Toy Story (1995) | Animation, Children's, Comedy', sanitised like prompt text."""
+    """'Toy Story (1995) | Animation, Children's, Comedy', or 'Clara Callan (2001) | author: Richard Bruce Wright;
+    publisher: HarperFlamingo Canada', sanitised like prompt text (an attribute that reads as an instruction is left out)."""
     text = safe_title(item) + (f" ({item.year})" if item.year else "")
     genres = [clean_for_prompt(g, 30) for g in item.genres if not looks_like_instruction(g)]
-    return text + (" | " + ", ".join(genres) if genres else "")
+    text += " | " + ", ".join(genres) if genres else ""
+    attributes = [f"{name}: {value}" for name, raw in item.attributes if (value := safe_attribute(raw))]
+    return text + (" | " + "; ".join(attributes) if attributes else "")
 
 
 class ItemEncoderConfig(BaseModel):
@@ -104,7 +115,7 @@ def item_vectors(model: str, items: Sequence[Item], home: Path, config: ItemEnco
 
     ids = tuple(item.item_id for item in items)
     texts = [item_text(item) for item in items]
-    parts = [ITEM_TEXT_VERSION, base_model_sha256(model) or model_key(model), config.model_dump(exclude={"batch_size"}), list(zip(ids, texts))]
+    parts = [text_version(items), base_model_sha256(model) or model_key(model), config.model_dump(exclude={"batch_size"}), list(zip(ids, texts))]
     key = hashlib.sha256(json.dumps(parts + ([folder_hash(lora)] if lora is not None else [])).encode()).hexdigest()[:24]
     path = home / "item-vectors" / f"{key}.npy"
     if path.exists():

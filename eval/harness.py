@@ -17,11 +17,12 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmrec.data.datasets import load_dataset
+from llmrec.data.datasets import BUILTINS, load_dataset
 from llmrec.data.split import SPLIT_VERSION, LeaveOneOutSplit
 from llmrec.errors import LLMRecError
 from llmrec.eval import explanations, methods, plots, position_bias, stats
 from llmrec.eval.als_implicit import ALSGrid, ALSResult, run_als
+from llmrec.eval.knn import KNNGrid, KNNResult, run_knn
 from llmrec.eval.markdown import render
 from llmrec.eval.methods import Case, LLMVariant
 from llmrec.eval.report import EmptyTestSet, OutputFolder, folder_hash, run_id, to_plain, write_json, write_rankings
@@ -53,12 +54,16 @@ class EvalConfig(BaseModel):
     position_bias_permutations: int = Field(default=3, ge=2, le=8, description="Candidate orders averaged in the damped run.")
     explain_users: int = Field(default=20, ge=0)
     explain_k: int = Field(default=5, ge=1, le=20)
-    baselines: tuple[Literal["sasrec", "als"], ...] = ()
+    llm: bool = Field(default=True, description="False: the retrievers and peers only (no LLM rows, position bias or explanations).")
+    baselines: tuple[Literal["sasrec", "als", "knn"], ...] = ()
     sasrec_max_epochs: int = Field(default=200, ge=1, description="Cap on SASRec's epochs; early stopping on validation ends it sooner.")
     sasrec_patience: int = Field(default=10, ge=1, description="SASRec stops after this many epochs without a better validation NDCG@10.")
     als_grid: ALSGrid = Field(default_factory=ALSGrid, description="ALS hyper-parameters tried on validation NDCG@10.")
+    knn_grid: KNNGrid = Field(default_factory=KNNGrid, description="Item-kNN neighbourhood sizes and shrinkages tried on validation NDCG@10.")
     cold_start_items: int = Field(default=3, ge=0, description="The cold-start slice: every test user again with only the first "
                                   "this many training items as history; 0 leaves the slice out.")
+    cold_items_max: int = Field(default=5, ge=0, description="The item cold-start slice: the test targets whose item has at most "
+                                "this many training interactions, every method's own rankings restricted to those users.")
     batch: int = Field(default=16, ge=1, description="Users per LLM engine call (speed only).")
     recbole_python: Path = Field(default=Path(".venv-recbole/bin/python"), description="Relative: to the cwd, then the repo.")
 
@@ -121,12 +126,32 @@ def _short(variant: LLMVariant, weight: float):
     return variant.short if weight != 0 else None
 
 
+def history_order(dataset) -> str:
+    """What orders a history, so the split can be called temporal or not: "timestamp", "seeded random" (a built-in
+    whose timestamps are not times, e.g. Book-Crossing's) or "file line" (no timestamp column)."""
+    builtin = BUILTINS.get(dataset.source)
+    if builtin is not None and not builtin.timestamps:
+        return "seeded random"
+    return "timestamp" if dataset.report.has_timestamps else "file line"
+
+
 def _dataset_summary(dataset) -> dict:
     """What was loaded, and every load note (dropped rows, repeated interactions, no timestamps)."""
     report = dataset.report
     return {"name": dataset.name, "interactions": report.interactions, "users": report.users, "items": report.items,
             "dropped_unknown_items": report.dropped_unknown_items, "duplicate_interactions": report.duplicate_interactions,
-            "notes": list(report.notes)}
+            "history_order": history_order(dataset), "notes": list(report.notes)}
+
+
+def item_cold_users(split: LeaveOneOutSplit, users, max_interactions: int) -> list[str]:
+    """The `users` (in their order) whose test target has at most `max_interactions` interactions in the training
+    prefixes (0: an item no training prefix holds). Every method is fitted on those prefixes, so these are the items
+    co-occurrence and the peers know least about."""
+    counts: dict[str, int] = {}
+    for history in split.train.values():
+        for item in history:
+            counts[item] = counts.get(item, 0) + 1
+    return [u for u in users if counts.get(split.test[u], 0) <= max_interactions]
 
 
 def _seconds(values) -> dict[str, float]:
@@ -218,6 +243,7 @@ class _Run:
             self._timed("cold-start slice", self._cold_start)
         self._timed("SASRec", self._sasrec)
         self._timed("ALS", self._als)
+        self._timed("item-kNN", self._knn)
         if self.config.sampled:
             self._timed("sampled protocol", self._sampled_protocol)
         self._timed("position bias", self._position_bias)
@@ -242,7 +268,7 @@ class _Run:
 
     def _llm(self) -> None:
         n = self.settings.candidates
-        self.variants = _variants(self.pipeline)
+        self.variants = _variants(self.pipeline) if self.config.llm else []
         if any(isinstance(v.ranker, LLMRanker) for v in self.variants):
             start = time.perf_counter()
             self.pipeline.engine.generate(["warm-up"], max_tokens=1)  # loads vLLM, so per-user times exclude the load
@@ -318,6 +344,19 @@ class _Run:
                                     f"alpha {best.alpha:g}, {best.iterations} iterations")
         self.extra["als"] = {"status": "ok", **result.model_dump(exclude={"rankings"})}
 
+    def _knn(self) -> None:
+        if "knn" not in self.config.baselines:
+            self.extra["knn"] = {"status": "not requested (--baselines knn)"}
+            return
+        depth = len(self.catalog) if self.config.sampled else self.config.depth  # the sampled protocol needs the full order
+        result = run_knn(self.split, self.users, depth, self.config.knn_grid)
+        self.knn: KNNResult = result
+        self.rankings["knn"] = {u: result.rankings[u][: self.config.depth] for u in self.users}
+        best = result.best
+        self.descriptions["knn"] = (f"item-kNN over the training prefixes' co-occurrence counts (cosine, each item's {best.neighbours} "
+                                    f"nearest, shrinkage {best.shrink:g}: tuned on validation NDCG@10), scored from the test history")
+        self.extra["knn"] = {"status": "ok", **result.model_dump(exclude={"rankings"})}
+
     def _sampled_protocol(self) -> None:
         ids = sorted(self.catalog)
         items = {c.user_id: methods.sample_items(c, ids, self.config.sampled_negatives, self.config.seed) for c in self.cases}
@@ -328,6 +367,8 @@ class _Run:
             self.sampled["sasrec"] = {u: methods.restrict(self.sasrec.rankings[u], items[u], self.config.seed, u) for u in self.users}
         if "als" in self.rankings:
             self.sampled["als"] = {u: methods.restrict(self.als.rankings[u], items[u], self.config.seed, u) for u in self.users}
+        if "knn" in self.rankings:
+            self.sampled["knn"] = {u: methods.restrict(self.knn.rankings[u], items[u], self.config.seed, u) for u in self.users}
         head = {u: methods.as_candidates(self.sampled["hybrid"][u]) for u in self.users}
         for variant in self.variants:
             scores, _ = methods.score_all(variant.ranker, self.catalog, self.cases, head, self.config.batch,
@@ -338,7 +379,7 @@ class _Run:
     def _position_bias(self) -> None:
         eligible = [c for c in self.cases if c.target in {x.item_id for x in self.head[c.user_id]}]
         chosen = _subsample(eligible, self.config.position_bias_users, self.config.seed, "position-bias")
-        if not chosen or not isinstance(self.pipeline.ranker, LLMRanker):  # a two-tower score has no list positions
+        if not chosen or not self.config.llm or not isinstance(self.pipeline.ranker, LLMRanker):  # a two-tower score has no positions
             self.extra["position_bias"] = None
             return
         ranker = self.pipeline.ranker
@@ -349,10 +390,10 @@ class _Run:
 
     def _explanations(self) -> None:
         chosen = _subsample(self.cases, self.config.explain_users, self.config.seed, "explanations")
-        method = next(iter(self.variants[-1].weights))  # the scenario's own ranker, fused: llmrec, llmrec-lora or llmrec-embedding
-        if not chosen:
+        if not chosen or not self.variants:
             self.extra["explanations"] = None
             return
+        method = next(iter(self.variants[-1].weights))  # the scenario's own ranker, fused: llmrec, llmrec-lora or llmrec-embedding
         quality = explanations.measure(self.pipeline.explainer, self.catalog, chosen, self.rankings[method], self.config.explain_k, self.progress)
         self.extra["explanations"] = {"method": method, "k": self.config.explain_k, **quality.model_dump()}
         self.cost["explain_s_per_user"] = _seconds(quality.seconds_per_user)
@@ -384,6 +425,7 @@ class _Run:
                                                  (name, "hybrid"), "ndcg@10", cfg.stat_test)
                         tests.append({"group": group, **test.model_dump()})
         cold = self._cold_metrics() if getattr(self, "cold", None) else None
+        item_cold = self._item_cold_metrics()
         top10 = lambda name: sum(self.targets[u] in self.rankings[name][u][:10] for u in self.users)  # noqa: E731
         funnel = [("test users", len(self.users)),
                   ("in retrieval@100 (hybrid)", sum(self.targets[u] in self.rankings["hybrid"][u] for u in self.users)),
@@ -396,7 +438,7 @@ class _Run:
             "fusion_weight": self.pipeline.scenario.fusion.weight, "fusion_fit": self.pipeline.scenario.fusion.fitted_on,
             "methods": results, "paired_tests": tests, "funnel": funnel, "curves": curves,
             "random_expectation": _random_expectation(cfg, self.settings.candidates, len(self.catalog)),
-            **self.extra, "cold_start": cold, "cost": self.cost,
+            **self.extra, "cold_start": cold, "item_cold_start": item_cold, "cost": self.cost,
         }
 
     def _cold_metrics(self) -> dict:
@@ -409,6 +451,25 @@ class _Run:
                  for variant in self.variants for name in variant.weights]
         return {"history_items": self.cold["items"], "users": len(self.users), "users_target_in_candidates": len(in_cands),
                 "methods": results, "paired_tests": tests}
+
+    def _item_cold_metrics(self) -> dict:
+        """Every method's own rankings (no re-run) on the users whose target is a rarely seen item, each paired-tested
+        against the hybrid; how many of those targets the hybrid brings among the candidates bounds any reranker."""
+        cfg = self.config
+        users = item_cold_users(self.split, self.users, cfg.cold_items_max)
+        in_cands = [u for u in users if self.targets[u] in {c.item_id for c in self.head[u]}]
+        out = {"max_training_interactions": cfg.cold_items_max, "users": len(users), "of_users": len(self.users),
+               "users_target_in_candidates": len(in_cands),
+               "users_target_in_retrieval": sum(self.targets[u] in self.rankings["hybrid"][u] for u in users),
+               "methods": {}, "paired_tests": []}
+        if not users:
+            return out
+        out["methods"] = {name: {"full": stats.summarise([stats.metric_row(ranked[u], self.targets[u]) for u in users], cfg.bootstrap, cfg.seed)}
+                          for name, ranked in self.rankings.items()}
+        out["paired_tests"] = [{"group": "item cold-start slice", **stats.paired_test(ranked, self.rankings["hybrid"], self.targets, users,
+                                                                                     (name, "hybrid"), "ndcg@10", cfg.stat_test).model_dump()}
+                               for name, ranked in self.rankings.items() if name not in ("hybrid", "oracle")]
+        return out
 
     def write(self, stage: Path, report: dict) -> None:
         for name, ranked in self.rankings.items():

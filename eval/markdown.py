@@ -5,8 +5,7 @@ from __future__ import annotations
 from llmrec.eval.stats import HEADLINE
 
 PROTOCOL = """\
-- **Split**: leave-one-out per user over the history ordered by timestamp, ties broken by the line order of the
-  interactions file (`eval/split.py`, {split_version}, fingerprint `{fingerprint}`). Validation target = second-to-last
+- **Split**: leave-one-out per user over {order} (`data/split.py`, {split_version}, fingerprint `{fingerprint}`). Validation target = second-to-last
   item, test target = last item; users with fewer than 3 interactions have no target. Test history = training
   prefix + validation item. Retrievers (co-occurrence counts, popularity) are fitted on the training prefixes only.
 - **Users**: {users} of {total} test users ({sample}).
@@ -22,6 +21,20 @@ PROTOCOL = """\
 - **Fusion**: score = LLM label log-probability − w·log(1 + retriever rank); w is the scenario's stored weight
   ({weight}). `llm-only` (w = 0) shows what the LLM does on its own.
 """
+
+
+ORDERS = {
+    "timestamp": "the history ordered by timestamp, ties broken by the line order of the interactions file: a temporal split",
+    "seeded random": "each user's history in a seeded random order (the dataset has no timestamps; see the load notes): a random "
+                     "split, not a temporal one",
+    "file line": "the history in the line order of the interactions file (it has no timestamp column), which may not be the "
+                 "order in time",
+}
+
+
+def _order(report: dict) -> str:
+    """How histories were ordered; reports written before the dataset summary said so were timestamp-ordered."""
+    return ORDERS[(report.get("dataset") or {}).get("history_order", "timestamp")]
 
 
 def _cell(estimate: dict) -> str:
@@ -57,7 +70,7 @@ def render(report: dict) -> str:
         f"Run `{report['run_id']}` · {report['created']} · model `{ident['model']}` · adapter "
         f"`{ident['adapter']['name'] if ident['adapter'] else 'none'}` · wall time {report['wall_seconds'] / 60:.1f} min", "",
         "## Protocol", "",
-        PROTOCOL.format(split_version=ident["split"]["version"], fingerprint=ident["split"]["fingerprint"][:16], users=report["users"],
+        PROTOCOL.format(order=_order(report), split_version=ident["split"]["version"], fingerprint=ident["split"]["fingerprint"][:16], users=report["users"],
                         total=report["test_users_total"], sample=sample, depth=ev["depth"], n=report["candidates"],
                         n1=report["candidates"] + 1, in_cands=report["users_target_in_candidates"], bootstrap=ev["bootstrap"],
                         seed=ev["seed"], stat_test=ev["stat_test"],
@@ -66,6 +79,9 @@ def render(report: dict) -> str:
         "## Methods", "",
     ]
     lines += [f"- **{name}**: {r['description']}" for name, r in report["methods"].items()]
+    if not ev.get("llm", True):
+        lines += ["", "No LLM rows: this run ranks with the retrievers and the peers only (`--no-llm`); position bias and explanations "
+                  "were not measured."]
     lines += ["", "## Full ranking, all users (mean [95% CI])", "", *_table(report["methods"], "full"), ""]
     pair = ["NDCG@10", "HR@1", "HR@10", "MRR"]
     lines += [f"## Target among the {report['candidates']} candidates ({report['users_target_in_candidates']} users)", "",
@@ -84,9 +100,11 @@ def render(report: dict) -> str:
                   "LLM methods rerank the 20 sampled items, given in the hybrid's order.", "",
                   *_table({k: v for k, v in report["methods"].items() if "sampled" in v}, "sampled", ["NDCG@10", "HR@1", "HR@5", "HR@10", "MRR"])]
     lines += _cold_start(report.get("cold_start"))
+    lines += _item_cold_start(report.get("item_cold_start"), report["candidates"])
     lines += ["", "## Reference: a random order", ""] + [f"- {k}: {v}" for k, v in report["random_expectation"].items()]
     lines += _sasrec(report.get("sasrec") or {})
     lines += _als(report.get("als") or {})
+    lines += _knn(report.get("knn") or {})
     lines += _position_bias(report.get("position_bias"))
     lines += _explanations(report.get("explanations"))
     lines += ["", "## Funnel", "", "| stage | targets | share |", "|---|---|---|"]
@@ -132,6 +150,26 @@ def _cold_start(cold: dict | None) -> list[str]:
     return lines
 
 
+def _item_cold_start(cold: dict | None, candidates: int) -> list[str]:
+    if not cold:
+        return []
+    n = cold["max_training_interactions"]
+    lines = ["", f"## Item cold-start slice: test targets with at most {n} training interactions", "",
+             f"{cold['users']} of the {cold['of_users']} test targets are items with at most {n} interactions in the training "
+             f"prefixes. Each method's own rankings above, restricted to those users (nothing is rerun). The hybrid brings "
+             f"{cold.get('users_target_in_retrieval', 'n/a')} of these targets into its top 100 and {cold['users_target_in_candidates']} "
+             f"among its {candidates} candidates: the most any reranker of them can reach."]
+    if not cold["users"]:
+        return lines
+    lines += ["", *_table(cold["methods"], "full", ["NDCG@10", "HR@10", "HR@20", "MRR"]), "",
+              "Paired tests against the hybrid, per-user NDCG@10 on the slice:", "",
+              "| method | n | mean | hybrid | p-value | wins / ties / losses | note |", "|---|---|---|---|---|---|---|"]
+    for t in cold["paired_tests"]:
+        lines.append(f"| {t['a']} | {t['users']} | {t['mean_a']:.4f} | {t['mean_b']:.4f} | {_fmt_p(t['p_value'])} ({t['test']}) | "
+                     f"{t['wins']} / {t['ties']} / {t['losses']} | {t['note']} |")
+    return lines
+
+
 def _sasrec(info: dict) -> list[str]:
     lines = ["", "## SASRec (RecBole) peer", ""]
     if info.get("status") != "ok":
@@ -174,6 +212,27 @@ def _als(info: dict) -> list[str]:
                      f"{p['valid_ndcg10']:.4f} | {p['valid_hr10']:.4f} |")
     shown = "best first" if len(ranked) <= 6 else "the five best and the worst"
     return lines + ["", f"({shown}; every setting is in report.json under `als.scores`.)"]
+
+
+def _knn(info: dict) -> list[str]:
+    lines = ["", "## Item-kNN peer", ""]
+    if info.get("status") != "ok":
+        return lines + [f"{info.get('status', 'not run')}."]
+    grid, best = info["grid"], info["best"]
+    ranked = sorted(info["scores"], key=lambda p: -p["valid_ndcg10"])
+    lines += [
+        f"{info['implementation']}. Similarity c(i, j) / (sqrt(n(i) n(j)) + shrink) over the {info['items']} items of the training "
+        "prefixes (c: users holding both, n: users holding one); each item keeps its k most similar items; a history scores an item "
+        "by the summed similarity of the history items among its k nearest; unscored items follow in popularity order. "
+        f"Grid ({len(info['scores'])} settings, validation NDCG@10 over {info['valid_users']} users): neighbours "
+        f"{', '.join(str(k) for k in grid['neighbours'])}; shrink {', '.join(f'{v:g}' for v in grid['shrink'])}. "
+        f"Chosen: {best['neighbours']} neighbours, shrink {best['shrink']:g}. Tuning {info['tune_seconds']:.0f} s, the final fit and "
+        f"test ranking {info['test_fit_seconds']:.0f} s.",
+        "", "| neighbours | shrink | valid NDCG@10 | valid HR@10 |", "|---|---|---|---|"]
+    for p in ranked[:5] + ranked[5:][-1:]:
+        lines.append(f"| {p['params']['neighbours']} | {p['params']['shrink']:g} | {p['valid_ndcg10']:.4f} | {p['valid_hr10']:.4f} |")
+    shown = "best first" if len(ranked) <= 6 else "the five best and the worst"
+    return lines + ["", f"({shown}; every setting is in report.json under `knn.scores`.)"]
 
 
 def _position_bias(bias) -> list[str]:

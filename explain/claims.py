@@ -10,7 +10,11 @@ What counts as a claim, and when it is *outside* (states something the catalog a
 - `year`: a year ("1977") or decade ("1990s", "the 80s", "eighties") is outside unless such an item dates from it.
 - `plot` and `people`: the catalog holds no plot, cast, crew, studio or awards, so every such claim is outside
   ("about a young boy who is a hero", "starring X", "directed by", "a classic Disney movie"). A claim runs from
-  its cue to the end of its clause; cues are listed below, and words inside it are not checked again.
+  its cue to the end of its clause; cues are listed below, and words inside it are not checked again. A cue that
+  is one of the domain's words for an item ("novel", "book" for books) is not a plot claim.
+- `people`, an author: the catalog holds each book's author (`Item.attributes`). A catalog author named in the text
+  ("by Amy Tan", "written by Amy Tan") is inside when it is the author of the recommended item or of a history item
+  the text names or the evidence cites, and outside otherwise (another book's author).
 - `figure`: a count or share ("of the 34 people who watched it", "90% of viewers"): llmrec fills in every figure
   from the interactions, so one the model writes is outside (it is checked by nothing).
 
@@ -26,7 +30,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from llmrec.domains import Domain, default_domain
-from llmrec.explain.grounding import GroundingValidator
+from llmrec.explain.grounding import GroundingValidator, authors
 from llmrec.schemas import Item
 from llmrec.text import WORD as _WORD
 from llmrec.text import fold, normal, title_forms
@@ -95,6 +99,11 @@ class ClaimChecker:
                     if len(normal(form)) >= 4:
                         self.forms.setdefault(normal(form), set()).add(item.item_id)
         self.choices = list(self.forms)
+        self.authors: dict[tuple[str, ...], set[str]] = {}  # an author's lowercase words → their item ids
+        for item in items:
+            for name in authors([item]):
+                if len(key := tuple(w.lower() for w in _WORD.findall(fold(name)))) >= 2:  # one word: too often a common one
+                    self.authors.setdefault(key, set()).add(item.item_id)
         names = {g for item in items for g in item.genres}
         self.domain = domain or default_domain()
         self.genres = self.domain.names(names)  # normalised phrase -> the genres it names
@@ -107,7 +116,7 @@ class ClaimChecker:
         """
         text = fold(generated)
         words = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
-        found, left = self.validator.mentions(generated)
+        found, left = self.validator.mentions(generated, authors([target, *history]))
         if len(left) != len(words):
             raise AssertionError("claims and grounding tokenise differently")
         watched = {item.item_id: item for item in history}
@@ -116,6 +125,7 @@ class ClaimChecker:
         for ids in found:
             claims.append(self._title(ids, target, watched, named, self._label(ids)))
         used = [w is None for w in left]
+        claims += self._authors(words, used, named)
         claims += self._unsupported(text, words, used)
         claims += self._phrases(text, words, used, target, watched, named)
         claims += self._genres(text, words, used, named)
@@ -134,13 +144,44 @@ class ClaimChecker:
             return Claim(kind="title", text=text, outside=False, why="in the user's history")
         return Claim(kind="title", text=text, outside=True, why="a catalog title the user has not watched")
 
+    def _authors(self, words: list[tuple[str, int, int]], used: list[bool], named: dict[str, Item]) -> list[Claim]:
+        """Catalog authors named in the text (capitalised): inside when one of the named items (the recommended item
+        first) is theirs."""
+        keys = dict(self.authors)
+        for item in named.values():  # the named items' own authors, one-word names too
+            for name in authors([item]):
+                if key := tuple(w.lower() for w in _WORD.findall(fold(name))):
+                    keys.setdefault(key, set()).add(item.item_id)
+        longest = max((len(k) for k in keys), default=0)
+        claims, n = [], 0
+        while n < len(words):
+            size = next((s for s in range(min(longest, len(words) - n), 0, -1) if not any(used[n:n + s])
+                         and tuple(w.lower() for w, _, _ in words[n:n + s]) in keys), 0) if words[n][0][0].isupper() else 0
+            if not size:
+                n += 1
+                continue
+            ids = keys[tuple(w.lower() for w, _, _ in words[n:n + size])]
+            phrase = " ".join(w for w, _, _ in words[n:n + size])
+            outside = not ids & set(named)
+            claims.append(Claim(kind="people", text=phrase, outside=outside, why=(
+                "an author of other catalog items, not of the recommended item or a named history item" if outside
+                else "the author of the recommended item" if next(iter(named)) in ids else "the author of a named history item")))
+            used[n:n + size] = [True] * size
+            n += size
+        return claims
+
     def _unsupported(self, text: str, words: list[tuple[str, int, int]], used: list[bool]) -> list[Claim]:
         claims, end = [], -1
         for cue in _CUES.finditer(text):
             if cue.start() < end:
                 continue  # inside the previous claim's clause
+            if cue.group("plot") and normal(cue.group()) in self.domain.item_words:
+                continue  # "a novel by ...": the domain's word for an item, not a plot
             stop = _CLAUSE_END.search(text, cue.end())
             end = stop.start() if stop else len(text)
+            after = [n for n, (_, a, b) in enumerate(words) if a >= cue.end() and b <= end]
+            if re.fullmatch(r"written\s+by", cue.group(), re.IGNORECASE) and after and all(used[n] for n in after):
+                continue  # "written by <a catalog author>": the author's claim above says whether it holds
             kind: Kind = "people" if cue.group("people") else "figure" if cue.group("figure") else "plot"
             why = {"people": "the catalog holds no cast, crew, studio or awards", "plot": "the catalog holds no plots",
                    "figure": "llmrec fills in every figure; one the model writes is checked by nothing"}[kind]

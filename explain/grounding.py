@@ -5,6 +5,8 @@ Rules, each a named problem when broken:
 - `unwatched-title`: every catalog title it names must be in the history or be the recommended item;
 - `wrong-genre`: every genre word it uses must belong to the recommended item or a cited history item;
 - `wrong-year`: every year it states must be the recommended item's or a cited item's;
+- an author (`Item.attributes`) of the recommended item or of a history item, named unquoted, is not read as a title
+  ("by Clive Cussler" is not the book "Clive Cussler"); whether the author is the right one is `explain.claims`' check;
 - `instruction`: it must not carry instructions (prompt injection smuggled through item text);
 - `too-long` / `empty`.
 
@@ -25,14 +27,26 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from llmrec.prompts.builders import safe_title
+from llmrec.prompts.builders import safe_attribute, safe_title
 from llmrec.prompts.safety import looks_like_instruction, withheld
 from llmrec.schemas import Item
 from llmrec.text import ARTICLE_WORDS, WORD, fold, title_forms
 
 MAX_CHARS = 320
+PEOPLE_ATTRIBUTES = ("author",)
+"""Item attributes that name a person, whom an explanation may name (`authors`)."""
 _YEAR = re.compile(r"^(1[89]\d\d|20\d\d)$")
 _QUOTED = re.compile(r"[\"“”]([^\"“”]*)[\"“”]")
+
+
+def authors(items: Iterable[Item]) -> list[str]:
+    """The people (`PEOPLE_ATTRIBUTES`) of `items`, as the catalog holds them and as prompts write them (`safe_attribute`)."""
+    out: dict[str, None] = {}
+    for item in items:
+        for name, value in item.attributes:
+            if name in PEOPLE_ATTRIBUTES:
+                out.update(dict.fromkeys(v for v in (value, safe_attribute(value)) if v))
+    return list(out)
 
 
 @dataclass
@@ -101,12 +115,20 @@ class GroundingValidator:
         same_case = any(all(a == b or a.lower() in ARTICLE_WORDS for a, b in zip(words, cased)) for cased in entry.cased)
         return same_case and (words[0].lower() in ARTICLE_WORDS or not text.starts_sentence(i))
 
-    def mentions(self, text: str) -> tuple[list[set[str]], list[str | None]]:
-        """(item ids of each title mentioned, the words left over with title words blanked to None)."""
+    def mentions(self, text: str, people: Iterable[str] = ()) -> tuple[list[set[str]], list[str | None]]:
+        """(item ids of each title mentioned, the words left over with title words blanked to None).
+
+        `people`: names (authors) whose unquoted words are never read as a title; they stay in the words left over."""
         parsed = _Text.of(text)
         words = [w.lower() for w, _, _ in parsed.words]
         found: list[set[str]] = []
         left: list[str | None] = list(words)
+        named = {key for name in people if (key := tuple(w.lower() for w in WORD.findall(fold(name))))}
+        person = [False] * len(words)
+        for key in named:
+            for i in range(len(words) - len(key) + 1):
+                if tuple(words[i:i + len(key)]) == key:
+                    person[i:i + len(key)] = [True] * len(key)
         for start, end in parsed.quotes:  # a quoted span that is exactly a title, a year after it allowed
             inside = [n for n, (_, a, b) in enumerate(parsed.words) if a >= start and b <= end]
             if len(inside) > 1 and _YEAR.match(words[inside[-1]]) and parsed.key(inside[0], inside[-1]) in self.titles:
@@ -118,7 +140,7 @@ class GroundingValidator:
         i = 0
         while i < len(words):  # unquoted: the longest title starting at each word
             match = next((j for j in range(min(len(words), i + self.longest), i, -1)
-                          if None not in left[i:j] and parsed.key(i, j) in self.titles
+                          if None not in left[i:j] and not any(person[i:j]) and parsed.key(i, j) in self.titles
                           and self._unquoted(parsed, i, j, self.titles[parsed.key(i, j)])), None)
             if match is None:
                 i += 1
@@ -139,7 +161,7 @@ class GroundingValidator:
             problems.append("instruction")
         by_id = {item.item_id: item for item in history}
         cited: list[Item] = []
-        found, left = self.mentions(text)
+        found, left = self.mentions(text, authors([target, *history]))
         for ids in found:
             watched = [by_id[i] for i in sorted(ids) if i in by_id]
             cited.extend(watched)

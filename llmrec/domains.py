@@ -13,7 +13,8 @@ The vocabulary, by what it may do:
 - `combinations`: one phrase for several genres at once ("rom-com": Romance and Comedy);
 - `comparatives`: a shift relative to what was shown ("funnier": Comedy; "darker": no Comedy, no Children's);
 - `decades` and `eras`: "eighties" → 1980; "classic" → older, "recent" → newer;
-- `item_words`: what an item is called in a message ("movie", "film"), never a title or a genre.
+- `item_words`: what an item is called in a message ("movie", "film"), never a title or a genre;
+- `shots`: worked examples in the domain's words for the LLM that reads messages (a book domain gets book examples).
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ class Shift(BaseModel):
 
     genres: tuple[str, ...] = ()
     exclude_genres: tuple[str, ...] = ()
+
+
+class Shot(BaseModel):
+    """One worked example for the LLM's reading of a message: the message, and the extraction it should give
+    (keys as in `agents.understand.Extraction`: genres, not_genres, decade, liked, disliked)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    message: str
+    answer: dict[str, str | list[str]]
 
 
 class Domain(BaseModel):
@@ -61,6 +72,9 @@ class Domain(BaseModel):
     eras: dict[str, Literal["older", "newer"]] = Field(default_factory=dict, description=(
         "A word or phrase for a relative era ('classic': 'older', 'more recent': 'newer')."))
     item_words: tuple[str, ...] = Field(default=(), description="What an item is called in a message: 'movie', 'film'.")
+    shots: tuple[Shot, ...] = Field(default=(), description=(
+        "Worked examples for the LLM that reads messages (`agents.understand`): a request in this domain's words and "
+        "the JSON it should give."))
 
     def lexicon(self, vocabulary: list[str] | set[str] | tuple[str, ...]) -> dict[str, Shift]:
         """Lowercase phrase -> what it asks for, for a request: each catalog genre's own name, its synonyms and mood

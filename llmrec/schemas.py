@@ -51,10 +51,17 @@ class Item(_Wire):
     year: int | None = None
     genres: tuple[str, ...] = ()
     flags: tuple[str, ...] = Field(default=(), description="Data quirks found while loading, e.g. 'unknown-title'.")
+    attributes: tuple[tuple[str, str], ...] = Field(default=(), description=(
+        "(name, value) pairs from the .item file's known extra columns (`data.catalog.ATTRIBUTE_COLUMNS`: author, "
+        "publisher), in that order, cleaned like titles; empty values are left out."))
 
     def label(self) -> str:
         """Title with year, as shown to people and to the model."""
         return f"{self.title} ({self.year})" if self.year else self.title
+
+    def attribute(self, name: str) -> str | None:
+        """The value of attribute `name` ('author'), or None."""
+        return next((value for key, value in self.attributes if key == name), None)
 
 
 class Interaction(_Wire):
@@ -201,4 +208,5 @@ class RecommendResponse(_Wire):
     explanations: ExplanationStats | None = None
     matched: int | None = Field(default=None, description="With a filter: candidates that passed it (before the cut to k).")
     notes: tuple[str, ...] = ()
+    routed: str | None = Field(default=None, description="With `--scenario auto`: which scenario the router chose, and why.")
     timings_ms: dict[str, float] = Field(default_factory=dict)

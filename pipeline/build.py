@@ -12,6 +12,7 @@ from llmrec import objectives
 from llmrec.data.catalog import Dataset
 from llmrec.data.datasets import load_dataset
 from llmrec.data.split import LeaveOneOutSplit
+from llmrec.domains import load_domain
 from llmrec.engines.models import pick_dtype, resolve_model
 from llmrec.engines.vllm import EngineConfig, InProcessVLLM, ServerVLLM, verify_adapter
 from llmrec.explain.claims import ClaimChecker
@@ -85,7 +86,7 @@ def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_h
     # Only a listwise adapter reaches the explainer: the others were trained to score, not to write.
     explainer = LLMExplainer(engine, ExplainPromptBuilder(ExplainPromptConfig(domain=scenario.domain)), validator,
                              adapter=lora if objective.explains else None, cowatch=CoWatch(histories),
-                             claims=ClaimChecker(dataset.items.values(), validator))
+                             claims=ClaimChecker(dataset.items.values(), validator, domain=load_domain(scenario.domain)))
     # The one popularity source: the hybrid's own fitted popularity member over every item, not a second count.
     pool = retriever.popularity.retrieve(UserHistory(user_id=None, item_ids=()), len(dataset.items))
     popularity = {c.item_id: int(c.retriever_score) for c in pool}

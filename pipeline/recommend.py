@@ -7,8 +7,11 @@ popular, genre-diverse items; rejected explanations get grounded templates.
 
 A request's `filter` (`ItemFilter`: genres, years, excluded, disliked and anchor items) is a parameter of the
 retrieval step (`Pipeline.retrieve`), not a second pipeline: filtered retrieval fuses the retriever over the
-history with the anchors as its newest items, a Chroma search near the anchors (or the history, or the filter's
-words) and popularity, keeps only items that pass, and demotes items like a disliked one.
+history with the anchors as its newest items, the items co-watched with the anchors, a Chroma search near the
+anchors (or the history, or the filter's words) and popularity, keeps only items that pass, and demotes items like
+a disliked one. With anchors ("more like X"), only items close to X pass: sharing a genre with it, or co-watched
+with it well above their base rate (`CoWatch.close`, the test behind "Like X" in the evidence), so a title that
+merely shares a word with X's (the catalog documents are "Title (year). Genres: ...") never comes back on its own.
 
 Concurrency: `Pipeline.recommend` is safe to call from several threads at once. After `build_pipeline` every
 stage is read-only (fitted retrievers, the catalog, the Chroma collection, which is opened while building); the
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.data.catalog import Dataset
 from llmrec.errors import ChromaUnavailable, DatasetError, EmptyHistory, LLMRecError, LLMUnavailable, UnknownItem
+from llmrec.explain.evidence import MIN_VIEWERS, CoWatch
 from llmrec.explain.explainer import LLMExplainer
 from llmrec.protocols import LLMEngine, Retriever, ScoringRanker
 from llmrec.ranking.fusion import retriever_order
@@ -69,8 +73,9 @@ class FilterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     depth: int = Field(default=300, ge=20, description="Candidates asked from each source before filtering.")
-    weights: dict[str, float] = Field(default_factory=lambda: {"history": 1.0, "catalog": 0.5, "popular": 0.05},
-                                      description="RRF weight per source; with no history, the catalog search leads.")
+    weights: dict[str, float] = Field(default_factory=lambda: {"history": 1.0, "anchor": 1.0, "catalog": 0.5, "popular": 0.05},
+                                      description="RRF weight per source ('anchor': co-watched with the anchors); with no "
+                                                  "history, the catalog search leads.")
     dislike_similarity: float = Field(default=0.6, ge=0, le=1,
                                       description="Cosine similarity to a disliked item above which a candidate is demoted "
                                                   "(linearly, to nothing at similarity 1).")
@@ -120,22 +125,28 @@ class Pipeline:
 
     def retrieve_filtered(self, history: UserHistory, where: ItemFilter, notes: list[str],
                           k: int | None = None) -> tuple[list[Candidate], int]:
-        """Up to `k` candidates that pass `where`, from three sources fused by weighted RRF: the retriever over the
-        history with the anchors as its newest items, the Chroma search near the anchors (or the history, or the
-        filter's words), and popularity. Seen, excluded, disliked and anchor items never pass; items like a disliked
-        one are demoted. With no history and no anchor, popularity within the filter leads (genre-diverse when nothing
-        filters). Returns the candidates and how many passed the filter in all."""
+        """Up to `k` candidates that pass `where`, from four sources fused by weighted RRF: the retriever over the
+        history with the anchors as its newest items, the items co-watched with the anchors (`cowatched`), the Chroma
+        search near the anchors (among items sharing a genre with the newest) or near the history, or for the filter's
+        words, and popularity. Seen, excluded, disliked and anchor items never pass; with anchors, neither does an item
+        not close to one (`close_to`); items like a disliked one are demoted. With no history and no anchor, popularity
+        within the filter leads (genre-diverse when nothing filters). Returns the candidates and how many passed."""
         k = k or self.settings.candidates
         config, catalog, seen = self.filtering, self.dataset.items, history.item_ids
         banned = {*seen, *where.exclude, *where.disliked, *where.anchors}
-        ok = lambda i: i not in banned and i in catalog and where.matches(catalog[i])  # noqa: E731
+        close = self.close_to(where.anchors)
+        ok = lambda i: i not in banned and i in catalog and where.matches(catalog[i]) and close(i)  # noqa: E731
         lists: dict[str, list[str]] = {}
         seeded = (*seen, *[a for a in where.anchors if a not in seen])
         if seeded:
             retrieved = self.retrieve(UserHistory(user_id=None, item_ids=seeded), notes, config.depth)
             lists["history"] = [c.item_id for c in retrieved if ok(c.item_id)]
+        if where.anchors:
+            lists["anchor"] = [i for i in self.cowatched(where.anchors, config.depth * 2) if ok(i)][: config.depth]
         try:
-            lists["catalog"] = self.search(self._query(where.anchors, seen, where), where, config.depth // 3, banned)
+            found = self.search(self._query(where.anchors, seen, where), where, config.depth // 3, banned,
+                                any_genres=self._anchor_genres(where.anchors))
+            lists["catalog"] = [i for i in found if close(i)]
         except ChromaUnavailable as exc:
             notes.append(f"the catalog search was unavailable ({exc}); candidates come from the history and popularity")
         lists["popular"] = [i for i in self.popular if ok(i)][: config.depth]
@@ -149,13 +160,15 @@ class Pipeline:
         return [Candidate(item_id=i, retriever_rank=r, retriever_score=scores[i], sources=tuple(s for s in lists if i in lists[s]))
                 for r, i in enumerate(order[:k])], len(order)
 
-    def search(self, query: str | np.ndarray, where: ItemFilter = ItemFilter(), n: int = 20, exclude: Iterable[str] = ()) -> list[str]:
+    def search(self, query: str | np.ndarray, where: ItemFilter = ItemFilter(), n: int = 20, exclude: Iterable[str] = (),
+               any_genres: Sequence[str] = ()) -> list[str]:
         """Chroma's nearest items to a text or vector, under the filter (genres through the document text, years through
-        metadata); every hit is checked again against the catalog item, so only matching catalog items come back."""
+        metadata) and, with `any_genres`, among items with at least one of them; every hit is checked again against the
+        catalog item, so only matching catalog items come back."""
         if self.index is None:
             return []
         excluded = set(exclude)
-        chroma_where, where_document = _chroma_filters(where)
+        chroma_where, where_document = _chroma_filters(where, any_genres)
         vector = self.index.embedder.encode([query])[0] if isinstance(query, str) else np.asarray(query, dtype=np.float32)
         fetch = min(self.index.count(), n + len(excluded))
         try:
@@ -163,8 +176,49 @@ class Pipeline:
                                               where_document=where_document, include=[])
         except Exception as exc:  # chromadb raises many types (httpx, ValueError on an empty filter result)
             raise ChromaUnavailable(f"Chroma search failed: {exc}") from None
-        catalog = self.dataset.items
-        return [i for i in got["ids"][0] if i in catalog and i not in excluded and where.matches(catalog[i])][:n]
+        catalog, wanted = self.dataset.items, set(any_genres)
+        return [i for i in got["ids"][0] if i in catalog and i not in excluded and where.matches(catalog[i])
+                and (not wanted or wanted & set(catalog[i].genres))][:n]
+
+    def close_to(self, anchors: Sequence[str]) -> Callable[[str], bool]:
+        """Whether a catalog item may come back for "more like the anchors": it shares a genre with one, or is co-watched
+        with one well above its base rate (`CoWatch.close`, on the co-watch figures the explanations cite, fitted on the
+        same histories). A title that only shares a word with an anchor's passes neither. No anchor, or anchors with no
+        genre and too few viewers to judge by: every item passes."""
+        cowatch, catalog = self._cowatch(), self.dataset.items
+        known = [a for a in anchors if a in catalog]
+        genres = {g for a in known for g in catalog[a].genres} - {"unknown"}
+        watched = [a for a in known if cowatch.count(a) >= MIN_VIEWERS]
+        if not genres and not watched:
+            return lambda item_id: True
+        return lambda item_id: bool(genres & set(catalog[item_id].genres)) or any(cowatch.close(item_id, a) for a in watched)
+
+    def cowatched(self, anchors: Sequence[str], n: int) -> list[str]:
+        """The `n` items most co-watched with the anchors, by cosine (viewers of both / sqrt(product of viewers)) on the
+        explanations' co-watch figures, the newest anchor weighted most (halving per step back)."""
+        cowatch = self._cowatch()
+        scores: dict[str, float] = {}
+        for weight, anchor in zip(0.5 ** np.arange(len(anchors)), reversed(anchors)):
+            viewers = cowatch.viewers.get(anchor)
+            if not viewers:
+                continue
+            for item_id, others in cowatch.viewers.items():
+                both = len(viewers & others)
+                if both and item_id != anchor:
+                    scores[item_id] = scores.get(item_id, 0.0) + float(weight) * both / math.sqrt(len(viewers) * len(others))
+        return sorted(scores, key=lambda i: (-scores[i], i))[:n]
+
+    def _cowatch(self) -> CoWatch:
+        found = getattr(self.explainer, "cowatch", None)
+        return found if isinstance(found, CoWatch) else CoWatch({})
+
+    def _anchor_genres(self, anchors: Sequence[str]) -> tuple[str, ...]:
+        """The newest anchor's genres (the catalog search near it keeps items with one of them); () when it has none."""
+        for anchor in reversed(anchors):
+            item = self.dataset.items.get(anchor)
+            if item is not None:
+                return tuple(g for g in item.genres if g != "unknown")
+        return ()
 
     def _query(self, anchors: Sequence[str], history: Sequence[str], where: ItemFilter) -> str | np.ndarray:
         """The catalog search's query: the anchors' (or the recent history's) vectors, the newest weighted most; else words."""
@@ -326,12 +380,15 @@ class Pipeline:
         )
 
 
-def _chroma_filters(where: ItemFilter) -> tuple[dict | None, dict | None]:
-    """Chroma `where` (years, metadata) and `where_document` (genres: the indexed text ends 'Genres: a, b.')."""
+def _chroma_filters(where: ItemFilter, any_genres: Sequence[str] = ()) -> tuple[dict | None, dict | None]:
+    """Chroma `where` (years, metadata) and `where_document` (genres: the indexed text holds 'Genres: a, b.'; a title
+    may hold a genre's word too, so the caller checks every hit against its catalog item)."""
     years = [{"year": {"$gte": where.year_from}}] if where.year_from is not None else []
     years += [{"year": {"$lte": where.year_to}}] if where.year_to is not None else []
     docs = [{"$contains": g} for g in where.genres] + [{"$not_contains": g} for g in where.exclude_genres]
     pick = lambda parts, key: None if not parts else parts[0] if len(parts) == 1 else {key: parts}  # noqa: E731
+    if any_genres:
+        docs.append(pick([{"$contains": g} for g in any_genres], "$or"))
     return pick(years, "$and"), pick(docs, "$and")
 
 

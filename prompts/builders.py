@@ -39,21 +39,39 @@ def safe_title(item: Item) -> str:
     return withheld(item.item_id) if clean.withhold else clean_for_prompt(clean.text)
 
 
+def safe_attribute(value: str, limit: int = 60) -> str | None:
+    """An attribute's value (an author's name), sanitised and cleaned like a title; None when it reads as an instruction."""
+    clean = sanitize(value)
+    return None if clean.withhold or not clean.text else clean_for_prompt(clean.text, limit)
+
+
+def author(item: Item) -> str | None:
+    """The item's author as prompts write it (`safe_attribute`), or None. Of the attributes only the author reaches
+    the ranking and explanation prompts: it is short, and the claim checker can check it (`explain.claims`)."""
+    raw = item.attribute("author")
+    return safe_attribute(raw) if raw else None
+
+
 def describe(item: Item, with_genres: bool = True) -> str:
-    """'Title (1995) [Comedy, Drama]' for the ranking prompt."""
+    """'Title (1995) [Comedy, Drama]' for the ranking prompt; a book's 'Title (2001) by Author' (with the genres)."""
     text = safe_title(item)
     if item.year:
         text += f" ({item.year})"
+    if with_genres and (name := author(item)):
+        text += f" by {name}"
     if with_genres and item.genres:
         text += " [" + ", ".join(clean_for_prompt(g, 30) for g in item.genres if not looks_like_instruction(g)) + "]"
     return text
 
 
 def facts(item: Item) -> str:
-    """'1995; Comedy, Drama' for the explanation prompt: only attributes the validator can check."""
+    """'1995; Comedy, Drama' (a book's '2001; by Author') for the explanation prompt: only attributes the validator
+    and the claim checker can check."""
     parts = [str(item.year)] if item.year else []
     if item.genres:
         parts.append(", ".join(clean_for_prompt(g, 30) for g in item.genres if not looks_like_instruction(g)))
+    if name := author(item):
+        parts.append(f"by {name}")
     return "; ".join(parts) or "no details"
 
 

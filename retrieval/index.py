@@ -51,9 +51,11 @@ class BuildCounts:
 
 
 def item_document(item: Item) -> str:
-    """The text that is embedded: 'Title (year). Genres: a, b.'"""
+    """The text that is embedded: 'Title (year). Genres: a, b.', then each attribute: 'Author: X. Publisher: Y.'
+    (an item without attributes, e.g. every MovieLens movie, keeps exactly the text it had before attributes)."""
     text = item.label().rstrip(".") + "."
-    return f"{text} Genres: {', '.join(item.genres)}." if item.genres else text
+    text = f"{text} Genres: {', '.join(item.genres)}." if item.genres else text
+    return " ".join([text, *(f"{name.capitalize()}: {value.rstrip('.')}." for name, value in item.attributes)])
 
 
 def item_metadata(item: Item, document: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ def main() -> int:
         stage(root, Path(tmp))
         env = {**os.environ, "PYTHONPATH": tmp + os.pathsep + os.environ.get("PYTHONPATH", "")}
         lint = Path(sys.executable).with_name("lint-imports")
-        return subprocess.call([str(lint) if lint.exists() else "lint-imports", "--config", str(root / "pyproject.toml"),
+        return subprocess.call([str(lint) if lint.exists() else "lint-imports", str(root / "pyproject.toml"),
                                 "--no-cache"], env=env, cwd=tmp)
 
 

@@ -110,6 +110,8 @@ def test_a_catalog_title_with_a_genre_word_stays_a_title():
     ("nobody I know enjoyed Titanic", {"unread": ("nobody I know enjoyed Titanic",)}),  # someone else's taste, negated
     ('Is "Fargo" any good?', {"mentions": ("Fargo",)}),
     ("something like Heat", {"mentions": ("Heat",)}),  # a request: an anchor, no opinion stated
+    ("something like Heat instead", {"mentions": ("Heat",), "reset": True}),  # 'instead' ends the title
+    ("I loved Heat instead", {"liked_titles": ("Heat",), "reset": True}),
     ("my kids loved Aladdin", {"mentions": ("Aladdin",), "genres": ("Children's",)}),
     ("I loved Fargo, any more like it?", {"liked_titles": ("Fargo",)}),  # the question is another clause
 ])

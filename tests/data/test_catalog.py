@@ -193,6 +193,29 @@ def test_title_year_and_genre_columns_are_found_by_name(tmp_path: Path) -> None:
         "title": "Some Album", "year": 2001, "genres": ("Rock",)}
 
 
+def test_known_extra_columns_become_attributes_cleaned_like_titles(tmp_path: Path) -> None:
+    item = ("item_id:token\ttitle:token_seq\tyear:token\tpublisher:token_seq\tauthor:token_seq\tisbn13:token\n"
+            "b1\tClara Callan\t2001\tHarper\x07Flamingo\tRichard  Bruce\u202eWright\t978\n"
+            "b2\tNo Author\t1999\tPub\t\t979\n")
+    data = Dataset.from_folder(write_dataset(tmp_path / "tiny", INTER + "u\tb1\t4\t1\n", item))
+    # author first (the documented order, not the file's), control characters gone, an unknown column ignored
+    assert data.item("b1").attributes == (("author", "Richard Bruce Wright"), ("publisher", "Harper Flamingo"))
+    assert data.item("b1").attribute("author") == "Richard Bruce Wright" and data.item("b1").attribute("isbn13") is None
+    assert data.item("b2").attributes == (("publisher", "Pub"),)  # an empty value is left out
+    long = make_item("x", "T", "2000", "", (("author", "z" * 300),))
+    assert len(long.attribute("author")) == 80 and long.attribute("author").endswith("…")
+
+
+def test_an_attribute_column_is_never_taken_for_the_title(tmp_path: Path) -> None:
+    item = "item_id:token\tauthor:token_seq\tname:token_seq\ni1\tAmy Tan\tThe Kitchen God's Wife\n"
+    data = Dataset.from_folder(write_dataset(tmp_path / "tiny", INTER + "u\ti1\t4\t1\n", item))
+    assert (data.item("i1").title, data.item("i1").attributes) == ("The Kitchen God's Wife", (("author", "Amy Tan"),))
+
+
+def test_movielens_items_have_no_attributes(tiny: Dataset) -> None:
+    assert all(item.attributes == () for item in tiny.items.values())
+
+
 def test_ml100k_quirks_are_fixed_and_flagged() -> None:
     unknown = make_item("267", "unkonwn", "unkonwn", "unknown")
     assert unknown.title == "Unknown title (item 267)" and unknown.year is None

@@ -76,6 +76,8 @@ def test_tiny_ids_and_item_text(tiny) -> None:
     assert rows[1][3] == "Émile Zolá"  # UTF-8 read as latin-1, repaired
     users = Path(data.source, "book-crossing.user").read_text().splitlines()
     assert users[1:4] == ["1\tnyc, new york, usa\t", "2\tporto, portugal\t17", "3\tx\t"]
+    assert first.attributes == (("author", "Émile Zolá"), ("publisher", "Pub"))  # the author reaches the item
+    assert data.item("0000000020").attribute("author") == "A. Writer"
 
 
 def test_tiny_order_is_the_seeded_hash_order(tiny) -> None:
@@ -130,6 +132,8 @@ def test_bookcrossing_counts_ids_and_note(asset_home: Path) -> None:
     assert all(len(i) == 10 and i == i.upper() and i.strip() == i for i in data.item_ids)  # ISBNs, normalised
     testament = data.item("0440234743")
     assert (testament.title, testament.year, testament.genres) == ("The Testament", 1999, ())
+    assert testament.attributes == (("author", "John Grisham"), ("publisher", "Dell"))
+    assert all(item.attribute("author") and item.attribute("publisher") for item in data.items.values())
     assert min(len(h) for h in data.histories().values()) >= 5  # the 5-core
     assert min(data.popularity().values()) >= 5
     split = LeaveOneOutSplit.from_dataset(data)

@@ -98,3 +98,47 @@ def test_years_and_decades_are_not_figures():
 
 def test_opinions_are_not_claims():
     assert CHECKER.check("it is a great, heartwarming watch", BENJAMIN, HISTORY).claims == ()
+
+
+# --- authors: a claim the catalog holds for books --------------------------------------------------------------
+
+def _book(item_id, title, year, author):
+    return Item(item_id=item_id, title=title, year=year, attributes=(("author", author), ("publisher", "Putnam")))
+
+
+BOOKS = [_book("b1", "The Kitchen God's Wife", 1991, "Amy Tan"), _book("b2", "The Joy Luck Club", 1989, "Amy Tan"),
+         _book("b3", "The Testament", 1999, "John Grisham"), _book("b4", "Clive Cussler", 1998, "Someone Else"),
+         _book("b5", "Sahara", 1992, "Clive Cussler")]
+BOOK = {i.item_id: i for i in BOOKS}
+
+
+def book_claims(text, target, history, cited=()):
+    from llmrec.domains import load_domain
+
+    checker = ClaimChecker(BOOKS, domain=load_domain("book"))
+    return [(c.kind, c.text, c.outside) for c in checker.check(text, target, history, cited).claims]
+
+
+def test_the_items_own_author_is_a_claim_the_catalog_holds():
+    history = [BOOK["b3"]]
+    for text in ("it is by Amy Tan", "it is written by Amy Tan", "another novel by Amy Tan"):
+        assert book_claims(text, BOOK["b1"], history) == [("people", "Amy Tan", False)], text
+    # a named history item's author too; another book's author is outside
+    assert book_claims("like The Testament, it is by John Grisham", BOOK["b1"], history) == [
+        ("title", "The Testament", False), ("people", "John Grisham", False)]
+    assert book_claims("it is by John Grisham", BOOK["b1"], history) == [("people", "John Grisham", True)]
+    assert book_claims("it is written by Stephen King", BOOK["b1"], history)[0][::2] == ("people", True)  # not an author here
+
+
+def test_an_author_is_not_read_as_a_title_of_the_same_words():
+    from llmrec.explain.grounding import GroundingValidator
+
+    history = [BOOK["b3"]]
+    assert book_claims("it is by Clive Cussler", BOOK["b5"], history) == [("people", "Clive Cussler", False)]
+    assert "unwatched-title" not in GroundingValidator(BOOKS).check("The Testament fans: by Clive Cussler.", history, BOOK["b5"])[1]
+    assert "unwatched-title" in GroundingValidator(BOOKS).check("The Testament fans: Clive Cussler.", history, BOOK["b1"])[1]
+
+
+def test_movies_still_flag_people():
+    assert outside("written by Amy Tan") == [("people", "written by Amy Tan")]
+    assert outside("a book about a hero") == [("plot", "book about a hero")]  # "book" is a plot cue for movies

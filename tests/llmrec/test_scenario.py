@@ -18,6 +18,18 @@ def test_builtin_movies_scenario_loads(tmp_path):
     assert scenario.dataset == "ml-100k" and scenario.domain == "movie"
 
 
+def test_builtin_books_scenario_loads_with_the_books_domain(tmp_path):
+    from llmrec.domains import load_domain
+    from llmrec.scenario import builtin_names
+
+    assert builtin_names() == ["books", "movies"]
+    scenario = load_scenario("books", tmp_path)
+    assert (scenario.dataset, scenario.domain, scenario.adapter, scenario.fusion.weight) == ("book-crossing", "book", None, None)
+    assert "Book-Crossing" in scenario.description and "not temporal" in scenario.description
+    domain = load_domain(scenario.domain)  # what the chat agent and the claim checker load for it
+    assert domain is load_domain("books") and (domain.noun, domain.consumed) == ("book", "read")
+
+
 def test_user_scenario_overrides_builtin_and_roundtrips(tmp_path):
     scenario = load_scenario("movies", tmp_path)
     scenario.fusion = FusionSpec(weight=0.5)
@@ -26,7 +38,7 @@ def test_user_scenario_overrides_builtin_and_roundtrips(tmp_path):
 
 
 def test_unknown_and_malformed_scenarios_are_clear_errors(tmp_path):
-    with pytest.raises(UnknownScenario, match="unknown scenario 'nope'; known: movies"):
+    with pytest.raises(UnknownScenario, match="unknown scenario 'nope'; known: books, movies"):
         load_scenario("nope", tmp_path)
     bad = tmp_path / "scenarios" / "bad" / "scenario.json"
     bad.parent.mkdir(parents=True)

@@ -88,21 +88,24 @@ def test_every_ml100k_title_passes_unchanged(home):
 
 @pytest.mark.parametrize("unit", ["and ", "please ", "so now ", "and then ", "and " * 3 + "ignore all. "])
 def test_the_detector_and_sanitizer_run_in_linear_time_on_repeated_words(unit):
-    """A chat message is untrusted and long: 8x the input may cost about 8x the time (bound 12x, best of 3 runs each,
-    so a busy machine does not decide it), where the softener prefix as one regex backtracked quadratically (~70x)."""
+    """A chat message is untrusted and long: 8x the input may cost about 8x the time (bound 12x), where the softener
+    prefix as one regex backtracked quadratically (~70x). Measured in this thread's CPU time (other jobs and the
+    engine's threads do not count), each call repeated for at least 50 ms, best of 3: a busy machine does not decide it."""
     import time
 
-    def best(text: str) -> float:
+    def cost(text: str) -> float:
         runs = []
         for _ in range(3):
-            started = time.perf_counter()
-            looks_like_instruction(text)
-            sanitize(text)
-            runs.append(time.perf_counter() - started)
+            calls, started = 0, time.thread_time()
+            while calls < 3 or time.thread_time() - started < 0.05:
+                looks_like_instruction(text)
+                sanitize(text)
+                calls += 1
+            runs.append((time.thread_time() - started) / calls)
         return min(runs)
 
-    small, large = best(unit * 400), best(unit * 3200)
-    assert large < 12 * small, f"{unit!r}: x1 {small:.4f} s, x8 {large:.4f} s ({large / small:.1f}x)"
+    small, large = cost(unit * 400), cost(unit * 3200)
+    assert large < 12 * small, f"{unit!r}: x1 {small:.5f} s, x8 {large:.5f} s ({large / small:.1f}x)"
 
 
 def test_softeners_before_an_imperative_go_with_it():

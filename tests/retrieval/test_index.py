@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import chromadb
@@ -39,6 +40,31 @@ def test_document_and_collection_name() -> None:
     item = Item(item_id="1", title="Toy Story", year=1995, genres=("Animation", "Comedy"))
     assert item_document(item) == "Toy Story (1995). Genres: Animation, Comedy."
     assert item_document(Item(item_id="2", title="No Year")) == "No Year."
+    book = Item(item_id="3", title="Clara Callan", year=2001, attributes=(("author", "Richard Bruce Wright"), ("publisher", "Dell.")))
+    assert item_document(book) == "Clara Callan (2001). Author: Richard Bruce Wright. Publisher: Dell."
+    assert item_document(book.model_copy(update={"genres": ("Fiction",)})) == (
+        "Clara Callan (2001). Genres: Fiction. Author: Richard Bruce Wright. Publisher: Dell.")
+
+
+# sha256 of "\n".join(item_document(item) for every item), computed with the code before attributes existed
+MOVIELENS_DOCUMENTS = {"ml-100k": "c93940e60ff99f5167b527a8758cfbaf717e590cafa75f5efac192eb245fda7b",
+                       "ml-1m": "4f4ad4fb9e3337a46302550551fa29ce98340a2e9d37c21b7f33e4ce22079e99"}
+
+
+@pytest.mark.parametrize("name", ["ml-100k", pytest.param("ml-1m", marks=pytest.mark.slow)])
+def test_movielens_documents_are_byte_identical(name: str) -> None:
+    """No MovieLens movie has attributes, so its Chroma document (and so its doc_hash: no rebuild) is unchanged."""
+    from llmrec.data.datasets import load_dataset
+
+    items = load_dataset(name, Settings().resolved_home()).items.values()
+    assert hashlib.sha256("\n".join(item_document(item) for item in items).encode()).hexdigest() == MOVIELENS_DOCUMENTS[name]
+
+
+def test_book_crossing_documents_name_the_author() -> None:
+    from llmrec.data.datasets import load_dataset
+
+    data = load_dataset("book-crossing", Settings().resolved_home())
+    assert item_document(data.item("0440234743")) == "The Testament (1999). Author: John Grisham. Publisher: Dell."
     assert collection_name("ml-100k", "all-MiniLM-L6-v2", "0123456789ab") == "llmrec-ml-100k-all-minilm-l6-v2-0123456789ab"
     assert collection_name("My Data!", "x", "k") == "llmrec-my-data-x-k"
     long = collection_name("d" * 600, "e" * 600, "0123456789ab")
