@@ -170,7 +170,7 @@ class Pipeline:
         excluded = set(exclude)
         chroma_where, where_document = _chroma_filters(where, any_genres)
         vector = self.index.embedder.encode([query])[0] if isinstance(query, str) else np.asarray(query, dtype=np.float32)
-        fetch = min(self.index.count(), n + len(excluded))
+        fetch = min(self.index.count(), (n + len(excluded)) * (3 if where.exclude_genres else 1))  # exclusions are checked here
         try:
             got = self.index.collection.query(query_embeddings=[vector], n_results=max(fetch, 1), where=chroma_where,
                                               where_document=where_document, include=[])
@@ -385,7 +385,10 @@ def _chroma_filters(where: ItemFilter, any_genres: Sequence[str] = ()) -> tuple[
     may hold a genre's word too, so the caller checks every hit against its catalog item)."""
     years = [{"year": {"$gte": where.year_from}}] if where.year_from is not None else []
     years += [{"year": {"$lte": where.year_to}}] if where.year_to is not None else []
-    docs = [{"$contains": g} for g in where.genres] + [{"$not_contains": g} for g in where.exclude_genres]
+    # Only inclusions go to Chroma: an item with a genre always has it in its document, so `$contains` never drops one
+    # that matches. An exclusion as `$not_contains` would also drop a title holding the genre's word ("no mystery" lost
+    # Mystery Science Theater 3000, a comedy), so exclusions are checked on the catalog item alone (`ItemFilter.matches`).
+    docs = [{"$contains": g} for g in where.genres]
     pick = lambda parts, key: None if not parts else parts[0] if len(parts) == 1 else {key: parts}  # noqa: E731
     if any_genres:
         docs.append(pick([{"$contains": g} for g in any_genres], "$or"))

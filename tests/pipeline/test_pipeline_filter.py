@@ -64,3 +64,14 @@ def test_concurrent_calls_from_several_threads_answer_as_one_at_a_time(scripted_
     for t in threads:
         t.join(timeout=300)
     assert [together[n] for n in range(len(requests))] == alone
+
+
+def test_no_mystery_keeps_a_comedy_whose_title_holds_the_word(scripted_pipeline):
+    """Issue 17.19: the exclusion ran as Chroma `$not_contains` on the document text, so "no mystery" dropped
+    Mystery Science Theater 3000 (Comedy, Sci-Fi). Exclusions are checked on the catalog item's genres."""
+    pipeline = scripted_pipeline
+    mst3k = "109"
+    assert pipeline.dataset.items[mst3k].genres == ("Comedy", "Sci-Fi")
+    found = pipeline.search("Mystery Science Theater 3000: The Movie (1996)", ItemFilter(exclude_genres=("Mystery",)), n=10)
+    assert mst3k in found
+    assert all("Mystery" not in pipeline.dataset.items[i].genres for i in found)
