@@ -143,7 +143,9 @@ def _chat_parser(sub) -> None:
     chat.add_argument("--session", help="continue this conversation (its id is printed when one starts)")
     chat.add_argument("--k", type=int, help="items per reply (default 5; LLMREC_CHAT_K)")
     chat.add_argument("--planner", choices=["fixed", "tools"], help="tools: a served model with tool calling drives the tools (needs --llm-url)")
-    chat.add_argument("--no-llm-understanding", action="store_true", help="read messages with llmrec's rules alone")
+    chat.add_argument("--llm-understanding", action="store_true", help="let the LLM read messages too, beside the rules (off by "
+                                                                       "default: slower, and it added nothing measured)")
+    chat.add_argument("--no-llm-understanding", action="store_true", help="the default now: the rules alone (kept for old scripts)")
 
 
 def _eval_parser(sub) -> None:
@@ -174,7 +176,8 @@ def _eval_parser(sub) -> None:
     ev.add_argument("--conversational", action="store_true",
                     help="instead: the chat agent against a simulated user holding each test target (--users, default 200)")
     ev.add_argument("--turns", type=int, default=5, help="--conversational: turns per conversation")
-    ev.add_argument("--no-llm-understanding", action="store_true", help="--conversational: the rules alone read messages")
+    ev.add_argument("--llm-understanding", action="store_true", help="--conversational: the LLM reads messages too, beside the rules")
+    ev.add_argument("--no-llm-understanding", action="store_true", help="--conversational: the default now (kept for old scripts)")
 
 
 def settings_from(args: argparse.Namespace):

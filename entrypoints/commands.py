@@ -110,7 +110,7 @@ def chat(settings: Settings, args: argparse.Namespace) -> int:
     from llmrec.agents.conversation import ChatConfig, build_agent
 
     history = None if args.history is None else tuple(i.strip() for i in args.history.split(",") if i.strip())
-    options = {"k": args.k, "planner": args.planner, "llm_understanding": False if args.no_llm_understanding else None}
+    options = {"k": args.k, "planner": args.planner, "llm_understanding": args.llm_understanding and not args.no_llm_understanding}
     agent = build_agent(settings, args.scenario, config=ChatConfig(**{k: v for k, v in options.items() if v is not None}), progress=False)
     print_notes(agent.stages.dataset.report.notes)
     agent.stages.base_history(args.user, history)  # an unknown user or item fails here (exit 3), before the LLM loads
@@ -288,7 +288,7 @@ def eval_conversational(settings: Settings, args: argparse.Namespace) -> int:
     from llmrec.eval.conversational import ConversationalConfig, markdown, run_conversational
 
     config = ConversationalConfig(scenario=args.scenario, users=args.users or 200, seed=args.seed, turns=args.turns,
-                                  llm_understanding=not args.no_llm_understanding, bootstrap=args.bootstrap)
+                                  llm_understanding=args.llm_understanding and not args.no_llm_understanding, bootstrap=args.bootstrap)
     started = time.perf_counter()
     report = run_conversational(settings, config, Path(args.out), progress=lambda n, total, o: print(
         f"user {n}/{total}: {'hit at turn ' + str(o.hit_turn) if o.hit_turn else 'miss'} ({o.seconds_per_turn:.1f} s/turn)", file=sys.stderr))

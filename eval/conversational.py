@@ -44,7 +44,7 @@ class ConversationalConfig(BaseModel):
     seed: int = 0
     turns: int = Field(default=5, ge=1, le=10)
     k: int = Field(default=5, ge=1, le=20, description="Items per reply.")
-    llm_understanding: bool = True
+    llm_understanding: bool = False
     bootstrap: int = Field(default=1000, ge=100)
 
 
