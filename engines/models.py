@@ -27,7 +27,9 @@ def torch_threads(threads: int | None):
     """torch's intra-op thread count set to `threads` for the block and restored after (None or 0: unchanged).
 
     The count is process-wide in torch, so a trainer that wants its own sets it only while it trains: the
-    engine, the encoder and the rest of the process get theirs back when training ends.
+    engine, the encoder and the rest of the process get theirs back when training ends. In a process where the
+    in-process vLLM engine has started, vLLM has bound its threads and made `torch.set_num_threads` a no-op for the
+    whole process (vllm/v1/worker/cpu_worker.py), so training there runs on the engine's thread count.
     """
     if not threads:
         yield

@@ -134,6 +134,10 @@ def test_cli_trains_a_sequence_adapter_and_the_pipeline_ranks_with_its_likelihoo
     manifest = json.loads((Path(scenario.adapter.path) / "manifest.json").read_text())
     assert objective_of(scenario.adapter) == "sequence" and manifest["window"] == 20
     assert manifest["prompt"] == {"template": "sequence_v1", "max_history_items": 19}
+    # --fit-users 0 left the weight unfitted (the retriever's order, so the LLM would not rank): set one by hand
+    from llmrec.scenario import FusionSpec, save_scenario
+
+    save_scenario(scenario.model_copy(update={"fusion": FusionSpec(weight=1.0)}), tiny_home)
     engine.release_adapters()  # the session engine has one LoRA slot
     try:
         pipeline = build_pipeline(Settings(home=tiny_home, model=model_dir), "tiny", engine=engine, progress=False)

@@ -196,7 +196,7 @@ def test_understanding_through_chatopenai_sends_the_grammar(settings, scripted_p
         from llmrec.agents.conversation import ChatConfig, build_agent
 
         served = settings.model_copy(update={"llm_url": f"http://127.0.0.1:{httpd.server_address[1]}/v1"})
-        agent = build_agent(served, pipeline=scripted_pipeline, config=ChatConfig(store=tmp_path))
+        agent = build_agent(served, pipeline=scripted_pipeline, config=ChatConfig(store=tmp_path, llm_understanding=True))
         result = agent.say("served-1", "a comdy please", user_id="196")
     finally:
         httpd.shutdown()

@@ -124,8 +124,8 @@ def test_the_pipeline_picks_the_pointwise_ranker_for_a_pointwise_manifest(tmp_pa
     for name, path in (("pw", adapter.path), ("plain", None)):
         scenario = test_home / "scenarios" / name / "scenario.json"
         scenario.parent.mkdir(parents=True)
-        scenario.write_text(json.dumps({"name": name, "dataset": "ml-100k", "domain": "movie",
-                                        "adapter": {"name": adapter.name, "path": path} if path else None}))
+        scenario.write_text(json.dumps({"name": name, "dataset": "ml-100k", "domain": "movie",  # a hand-set weight: the LLM ranks
+                                        "adapter": {"name": adapter.name, "path": path} if path else None, "fusion": {"weight": 1.0}}))
     local = settings.model_copy(update={"home": test_home})
     engine.release_adapters()
     try:
