@@ -30,7 +30,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmrec.domains import Domain, Shift, default_domain
-from llmrec.schemas import Item
+from llmrec.schemas import Item, ItemFilter
 
 MAX_TITLES = 5
 MAX_TITLE_CHARS = 80
@@ -64,15 +64,9 @@ class Constraints(BaseModel):
         return Constraints(genres=self.genres, exclude_genres=self.exclude_genres, year_from=self.year_from, year_to=self.year_to)
 
     def matches(self, item: Item) -> bool:
-        """Whether a catalog item passes the genre and year filters (an item with no year fails a year filter)."""
-        genres = set(item.genres)
-        if not set(self.genres) <= genres or genres & set(self.exclude_genres):
-            return False
-        if self.year_from is None and self.year_to is None:
-            return True
-        if item.year is None:
-            return False
-        return (self.year_from is None or item.year >= self.year_from) and (self.year_to is None or item.year <= self.year_to)
+        """Whether a catalog item passes the genre and year filters: the retrieval filter's own rule (`ItemFilter.matches`)."""
+        return ItemFilter(genres=self.genres, exclude_genres=self.exclude_genres, year_from=self.year_from,
+                          year_to=self.year_to).matches(item)
 
     def validated(self, vocabulary: Iterable[str]) -> Constraints:
         """Genres outside the catalog's vocabulary dropped, titles capped, a reversed year range put in order."""
