@@ -117,3 +117,12 @@ def second_adapter(tmp_path_factory, settings, model_dir):
     config = LoraTrainConfig(steps=4, batch_size=2, learning_rate=1e-2, rank=8, seed=7)
     manifest = train_lora(model, examples, out, config, progress=False)
     return AdapterSpec(name="movies-tiny-b", path=str(out)), manifest
+
+
+@pytest.fixture(scope="module")
+def scripted_pipeline(settings):
+    """The real ML-100K pipeline (real Chroma, real retrievers) with a scripted engine, one per test module."""
+    from llmrec.pipeline import build_pipeline
+    from llmrec.testing import ScriptedEngine
+
+    return build_pipeline(settings, "movies", engine=ScriptedEngine(), progress=False)

@@ -6,24 +6,6 @@ reading (`Constraints.mentions`, `Constraints.unread`) and which domain it is wi
 
 import dataclasses
 
-import pytest
-
-from llmrec.testing import ScriptedEngine
-
-
-@pytest.fixture(scope="module")
-def scripted_pipeline(settings):
-    from llmrec.pipeline import build_pipeline
-
-    return build_pipeline(settings, "movies", engine=ScriptedEngine(), progress=False)
-
-
-@pytest.fixture
-def agent(settings, scripted_pipeline, tmp_path):
-    from llmrec.agents.conversation import ChatConfig, build_agent
-
-    return build_agent(settings, pipeline=scripted_pipeline, config=ChatConfig(store=tmp_path, llm_understanding=False))
-
 
 def item_id(pipeline, label):
     return next(i for i, item in pipeline.dataset.items.items() if item.label() == label)

@@ -11,14 +11,6 @@ import time
 import pytest
 
 from llmrec.errors import InputTooLarge, StoreError
-from llmrec.testing import ScriptedEngine
-
-
-@pytest.fixture(scope="module")
-def scripted_pipeline(settings):
-    from llmrec.pipeline import build_pipeline
-
-    return build_pipeline(settings, "movies", engine=ScriptedEngine(), progress=False)
 
 
 def make_agent(settings, pipeline, store, **options):

@@ -13,22 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from llmrec.testing import ScriptedEngine
-
-
-@pytest.fixture(scope="module")
-def scripted_pipeline(settings):
-    from llmrec.pipeline import build_pipeline
-
-    return build_pipeline(settings, "movies", engine=ScriptedEngine(), progress=False)
-
-
-@pytest.fixture
-def agent(settings, scripted_pipeline, tmp_path):
-    from llmrec.agents.conversation import ChatConfig, build_agent
-
-    return build_agent(settings, pipeline=scripted_pipeline, config=ChatConfig(store=tmp_path, llm_understanding=False))
-
 
 @pytest.fixture
 def tools(agent):

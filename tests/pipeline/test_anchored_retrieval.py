@@ -12,16 +12,8 @@ import re
 import pytest
 
 from llmrec.schemas import ItemFilter, RecommendRequest, UserHistory
-from llmrec.testing import ScriptedEngine
 
 STOP = {"the", "a", "an", "of", "and", "in", "on", "to", "for", "is", "it", "le", "la", "de"}
-
-
-@pytest.fixture(scope="module")
-def scripted_pipeline(settings):
-    from llmrec.pipeline import build_pipeline
-
-    return build_pipeline(settings, "movies", engine=ScriptedEngine(), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -3,17 +3,7 @@ index. The LLM is scripted (these test retrieval under a filter and the one path
 
 import threading
 
-import pytest
-
 from llmrec.schemas import ItemFilter, RecommendRequest
-from llmrec.testing import ScriptedEngine
-
-
-@pytest.fixture(scope="module")
-def scripted_pipeline(settings):
-    from llmrec.pipeline import build_pipeline
-
-    return build_pipeline(settings, "movies", engine=ScriptedEngine(), progress=False)
 
 
 def test_a_filter_narrows_retrieval_and_its_exclusions_never_come_back(scripted_pipeline):

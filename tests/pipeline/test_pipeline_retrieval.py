@@ -9,13 +9,6 @@ from llmrec.testing import ScriptedEngine, start_chroma_server
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def scripted_pipeline(settings):
-    from llmrec.pipeline import build_pipeline
-
-    return build_pipeline(settings, "movies", engine=ScriptedEngine(), progress=False)
-
-
 def test_k_beyond_the_candidates_is_filled_in_the_retrievers_order_and_says_so(scripted_pipeline):
     response = scripted_pipeline.recommend(RecommendRequest(user_id="196", k=30))
     n = scripted_pipeline.settings.candidates
