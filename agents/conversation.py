@@ -138,6 +138,9 @@ class TurnResult(BaseModel):
     llm_status: str
     seconds: float
     stage_seconds: dict[str, float] = Field(default_factory=dict, description="Seconds per node of the plan.")
+    scenario: str | None = Field(default=None, description="The scenario that answered; None while the chat asks which one "
+                                 "the person means (`agents.routed`).")
+    routed: str = Field(default="", description="Why this scenario, on the turn that routed the session to it (`agents.routed`).")
 
 
 def _timed(name: str, fn):
@@ -203,7 +206,8 @@ class Agent:
         return TurnResult(reply=state.reply, items=state.recommended, constraints=state.constraints, matched=state.matched,
                           questions=state.questions,
                           notes=state.notes, trace=state.trace, llm_status=state.reading.llm_status if state.reading else "off",
-                          seconds=round(time.perf_counter() - started, 3), stage_seconds=state.seconds)
+                          seconds=round(time.perf_counter() - started, 3), stage_seconds=state.seconds,
+                          scenario=self.stages.pipeline.scenario.name)
 
     def state(self, thread: str) -> ChatState | None:
         with sqlite_errors(self.checkpointer_path):

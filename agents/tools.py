@@ -72,7 +72,7 @@ class Stages:
         self.resolver = resolver
         self.domain = domain or load_domain(pipeline.scenario.domain)
         self.cowatch = CoWatch(histories if histories is not None else self.dataset.histories())
-        """Co-watch figures for the evidence; the eval passes the training histories, so no test item leaks in."""
+        """Co-occurrence figures for the evidence; the eval passes the training histories, so no test item leaks in."""
         self.index = pipeline.index
         """The catalog's Chroma collection (the pipeline's); None leaves the catalog search out."""
         self.vocabulary = sorted({g for item in self.catalog.values() for g in item.genres})
@@ -123,7 +123,7 @@ class Stages:
             raise UnknownItem(f"unknown item id {item!r}")
         history = [self.catalog[i] for i in self.history(user, base)]
         return evidence(self.catalog[item], history, self.cowatch, filters.describe(),
-                        self.catalog.get(anchor) if anchor else None)
+                        self.catalog.get(anchor) if anchor else None, domain=self.domain)
 
     def recommend(self, user: str, base: Sequence[str], filters: Constraints = Constraints(), k: int = 5,
                   anchors: Sequence[str] = (), exclude: Iterable[str] = (), explain: bool = True) -> Recommendations:

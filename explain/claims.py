@@ -9,13 +9,14 @@ What counts as a claim, and when it is *outside* (states something the catalog a
   evidence cites, has that genre.
 - `year`: a year ("1977") or decade ("1990s", "the 80s", "eighties") is outside unless such an item dates from it.
 - `plot` and `people`: the catalog holds no plot, cast, crew, studio or awards, so every such claim is outside
-  ("about a young boy who is a hero", "starring X", "directed by", "a classic Disney movie"). A claim runs from
+  ("about a young boy who is a hero", "a book about justice", "starring X", "directed by", "a classic Disney movie",
+  "widely acclaimed"). A claim runs from
   its cue to the end of its clause; cues are listed below, and words inside it are not checked again. A cue that
   is one of the domain's words for an item ("novel", "book" for books) is not a plot claim.
 - `people`, an author: the catalog holds each book's author (`Item.attributes`). A catalog author named in the text
   ("by Amy Tan", "written by Amy Tan") is inside when it is the author of the recommended item or of a history item
   the text names or the evidence cites, and outside otherwise (another book's author).
-- `figure`: a count or share ("of the 34 people who watched it", "90% of viewers"): llmrec fills in every figure
+- `figure`: a count or share ("of the 34 people who read it", "90% of viewers"): llmrec fills in every figure
   from the interactions, so one the model writes is outside (it is checked by nothing).
 
 Opinions and tone ("great", "dark", "classic", "funny twist") are not claims here: nothing could confirm or refute them.
@@ -41,8 +42,8 @@ KINDS: tuple[Kind, ...] = ("title", "genre", "year", "plot", "people", "figure")
 _PEOPLE = (r"starr(?:ing|ed)|stars\s+(?!are\b)\w+|co-?stars?|directed|director|directors|written\s+by|produced\s+by|"
            r"screenplay|screenwriter|actor|actors|actress|actresses|cast|performances?|played\s+by|acting|"
            r"disney|pixar|studio|oscars?|academy\s+awards?|awards?|award-winning|box[\s-]office|best-selling|"
-           r"bestselling|soundtrack|composer|filmmaker|auteur")
-_PLOT = (r"about\s+(?:a|an|the|two|three|his|her|their|how|what|when|young|one)|follows|tells\s+the\s+story|"
+           r"bestselling|soundtrack|composer|filmmaker|auteur|(?:critically\s+|widely\s+)?acclaimed|acclaim|praised")
+_PLOT = (r"about\s+(?!it\b|as\b)\w+|follows|tells\s+the\s+story|"
          r"story\s+of|tale\s+of|journey|hero|heroes|heroine|villain|protagonist|characters?|"
          r"(?:young|little|old)\s+(?:boy|girl|man|woman|men|women)|(?:boy|girl|man|woman)\s+who|set\s+in|"
          r"takes\s+place|based\s+on|true\s+story|themes?\s+of|redemption|book|novel|aired|sequel|remake")
@@ -53,7 +54,7 @@ _CLAUSE_END = re.compile(r"[,;:.!?()]|\s(?:and|but|or|while|whereas)\s")
 _QUOTED = re.compile(r"[\"“”]([^\"“”]*)[\"“”]")
 _YEAR = re.compile(r"^(18[89]\d|19\d\d|20[0-2]\d)$")
 _DECADE = re.compile(r"^(?:(1[89]\d|20[0-2])0|(\d)0)s$")
-_GENERIC = {"movie", "movies", "film", "films", "genre", "genres", "classic", "classics"}
+_GENERIC = {"genre", "genres", "classic", "classics"}  # with the domain's `item_words` ("movies", "books")
 _CONNECTORS = {"of", "the", "and", "a", "an", "in", "on", "to", "from", "for", "with", "at", "s", "de", "la", "le", "vs"}
 _JOINERS = re.compile(r"^[\s'’\-:&]*$")  # what may stand between two words of one Title-Cased phrase
 FUZZY_CUTOFF = 88
@@ -108,9 +109,10 @@ class ClaimChecker:
         self.domain = domain or default_domain()
         self.genres = self.domain.names(names)  # normalised phrase -> the genres it names
         self.longest_genre = max((len(k.split()) for k in self.genres), default=1)
+        self.item_words = {normal(w) for w in (self.domain.noun, self.domain.plural, *self.domain.item_words)}
 
     def check(self, generated: str, target: Item, history: Sequence[Item], cited: Sequence[Item] = ()) -> ClaimCheck:
-        """Claims in `generated` (the model's words only), about `target`, for a user who watched `history`.
+        """Claims in `generated` (the model's words only), about `target`, for a user whose history is `history`.
 
         `cited`: history items the filled-in evidence names, whose genres and years the text may repeat.
         """
@@ -142,7 +144,7 @@ class ClaimChecker:
         if seen:
             named.update({i.item_id: i for i in seen})
             return Claim(kind="title", text=text, outside=False, why="in the user's history")
-        return Claim(kind="title", text=text, outside=True, why="a catalog title the user has not watched")
+        return Claim(kind="title", text=text, outside=True, why="a catalog title not in the user's history")
 
     def _authors(self, words: list[tuple[str, int, int]], used: list[bool], named: dict[str, Item]) -> list[Claim]:
         """Catalog authors named in the text (capitalised): inside when one of the named items (the recommended item
@@ -232,7 +234,7 @@ class ClaimChecker:
         n = 0
         while n < len(run):
             size = next((s for s in range(min(self.longest_genre, len(run) - n), 0, -1) if " ".join(run[n:n + s]) in self.genres), 0)
-            if not size and run[n] not in _CONNECTORS | _GENERIC:
+            if not size and run[n] not in _CONNECTORS | _GENERIC | self.item_words:
                 return False
             n += size or 1
         return True

@@ -3,14 +3,15 @@
 For a recommended item and a user's history:
 - the request it matches ("matches: Comedy, 1990–1999"), from the session's filters;
 - the genres it shares with a history item, and that item's title, from the catalog;
-- co-watch figures from the interaction log: "of the 508 people who watched Fargo (1996), 97 also watched it",
-  for the history item (among the most recent `recent`) whose share has the highest Wilson lower bound, so that
-  97 of 508 beats 1 of 2;
-- "Like X" (X: the item a chat turn is anchored on, or the watched item sharing the most genres) only when the
+- co-occurrence figures from the interaction log, in the domain's words (`Domain.consumed`): "of the 508 people who
+  watched Fargo (1996), 97 also watched it", "of the 12 people who read Dune (1965), 4 also read it", for the
+  history item (among the most recent `recent`) whose share has the highest Wilson lower bound, so that 97 of 508
+  beats 1 of 2;
+- "Like X" (X: the item a chat turn is anchored on, or the history item sharing the most genres) only when the
   item really is close to X (`CoWatch.close`, or the caller's `near`); otherwise only the genres they share;
-- for a cold start, how many people watched it.
+- for a cold start, how many people it has here.
 One support threshold, `MIN_VIEWERS`, holds on every path (the pipeline's explainer and the chat): a history item
-is cited, in co-watch figures or as "like X", only if at least that many people watched it.
+is cited, in co-occurrence figures or as "like X", only if at least that many people have it.
 Nothing here is generated, so nothing here can be invented.
 """
 
@@ -20,6 +21,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 
+from llmrec.domains import Domain, default_domain
 from llmrec.schemas import Item
 from llmrec.text import title_forms
 
@@ -76,22 +78,26 @@ class CoWatch:
         return max(scored, key=lambda s: (wilson_lower(s[2], s[1]), s[2])) if scored else None
 
 
-_FIGURES = re.compile(r"(?<=\bOf the )\d+(?= (?:people|person) who watched )|(?<=, )\d+(?= also watched it)"
-                      r"|(?<=\bWatched by )\d+(?= (?:people|person) here)")
+_FIGURES = re.compile(r"(?<=\bOf the )\d+(?= (?:people|person) who )|(?<=, )\d+(?= also [\w ]+ it\b)"
+                      r"|(?<= by )\d+(?= (?:people|person) here\.)")
 
 
 def mask_figures(text: str) -> str:
-    """`text` with the counts `evidence` writes shown as '#', so that no count reads as a numeric title ("187")."""
+    """`text` (evidence written by `evidence`, in any domain's words) with its counts shown as '#', so that no count
+    reads as a numeric title ("187")."""
     return _FIGURES.sub("#", text)
 
 
 def evidence(item: Item, history: Sequence[Item], cowatch: CoWatch, matches: str = "", anchor: Item | None = None,
-             label: Callable[[Item], str] = Item.label, near: Callable[[Item, Item], bool] | None = None) -> str:
-    """One or two sentences of checkable facts about why `item` is on the list; `label` names a title (with its year).
+             label: Callable[[Item], str] = Item.label, near: Callable[[Item, Item], bool] | None = None,
+             domain: Domain | None = None) -> str:
+    """One or two sentences of checkable facts about why `item` is on the list; `label` names a title (with its year),
+    `domain` gives the verb ("watched", "read"; default: movies').
 
     "Like <anchor>" is written only when the item is close to the anchor (`CoWatch.close`, or `near`, e.g. the
     encoder's similarity); otherwise the anchor is named only for the genres the two share, if any.
     """
+    did = (domain or default_domain()).consumed
     parts: list[str] = []
     if matches:
         parts.append(f"Matches your request: {matches}.")
@@ -106,11 +112,11 @@ def evidence(item: Item, history: Sequence[Item], cowatch: CoWatch, matches: str
     if best is not None:
         source, viewers, together = best
         shared = sorted(set(item.genres) & set(by_id[source].genres))
-        parts.append(f"Of the {viewers} people who watched {label(by_id[source])}, {together} also watched it"
+        parts.append(f"Of the {viewers} people who {did} {label(by_id[source])}, {together} also {did} it"
                      + (f"; both are {', '.join(shared)}." if shared else "."))
     elif not history:
         viewers = cowatch.count(item.item_id)
-        parts.append(f"Watched by {viewers} {'person' if viewers == 1 else 'people'} here.")
+        parts.append(f"{did[:1].upper()}{did[1:]} by {viewers} {'person' if viewers == 1 else 'people'} here.")
     return " ".join(parts) or f"{', '.join(item.genres) or 'No genre listed'}, {item.year or 'year unknown'}."
 
 

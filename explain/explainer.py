@@ -1,17 +1,18 @@
 """Explanations = evidence filled in by llmrec + one short reason written by the LLM, checked by the grounding validator.
 
 For each recommended item:
-- the evidence (`agents.evidence`): shared genres and the co-watch figures behind it ("of the 508 people who
-  watched Fargo (1996), 97 also watched it; both are Crime"), from the catalog and the training histories;
-  nothing in it is generated, so nothing in it can be invented;
+- the evidence (`explain.evidence`): shared genres and the co-occurrence figures behind it, in the domain's words
+  ("of the 508 people who watched Fargo (1996), 97 also watched it; both are Crime"; "... who read ..." for books),
+  from the catalog and the training histories; nothing in it is generated, so nothing in it can be invented;
 - one reason of a few words, generated after a pre-filled `You may like "X" because`. All items of a list go
   to the engine in one batch, and their prompts share the user's history as a prefix (vLLM's prefix cache).
   The evidence and the reason are validated together, and the reason's claims are checked against the catalog
-  and the history (`agents.claims`: no plot, cast or unwatched title); a rejected reason is dropped (or retried,
+  and the history (`explain.claims`: no plot, cast or title outside the history); a rejected reason is dropped (or retried,
   when `retries` > 0), and the evidence alone is shipped, marked `source="template"`.
   A reason is shipped only if it adds something the evidence does not already say (`new_words`: "because it is a
   comedy" after "both are Comedy" does not), and says the item is "like" a watched title only where the co-watch
-  figures support it (`CoWatch.close`).
+  figures support it (`CoWatch.close`). The domain (`llmrec.domains`: the prompt's noun, e.g. "book") gives the
+  evidence's verb and the words that say nothing ("a great read").
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ you your yours you've you'll you'd i me my we our they them their he him his she
 may might will would can could should must if because since both another other others more most much many
 some any such same similar like likes liked liking love loves loved enjoy enjoys enjoyed enjoying watch watches about
 watched watching see seen fan fans movie movies film films one ones kind type sort genre genres style story
-great good fun nice well best better favorite favourite popular classic classics interesting entertaining
+great good fun nice well best better favorite favourite popular classic classics interesting entertaining example examples
 enjoyable amazing excellent perfect wonderful really quite lot lots way thing things something""".split())
 """Words that carry no information about an item: function words and empty praise ("a great film you will enjoy")."""
 
@@ -98,10 +99,13 @@ def new_words(generated: str, evidence: str, item: Item, domain: Domain | None =
     """The content words of a generated reason that the reader does not already have: not in the evidence, nor the
     item's title or year, nor a genre word (`domain`'s genres and synonyms: "animated"), nor a mood word for one of the
     item's genres ("funny" for a Comedy), after lower-casing, folding accents and plurals, and not function words or
-    empty praise (`_STOP`: "a great movie"). An empty answer means the reason adds nothing beyond the evidence."""
-    genres = _genre_words(domain or default_domain())
+    empty praise (`_STOP`: "a great movie"), nor the domain's own words for an item and for consuming one ("a book you
+    will read"). An empty answer means the reason adds nothing beyond the evidence."""
+    domain = domain or default_domain()
+    genres = _genre_words(domain)
     shown = " ".join([evidence, *item.genres, str(item.year or ""), *title_forms(item.title)])
-    known = {_stem(w) for w in normal(shown).split()} | {_stem(w) for w in _STOP}
+    own = normal(" ".join([domain.noun, domain.plural, domain.consume, domain.consumed, *domain.item_words])).split()
+    known = {_stem(w) for w in normal(shown).split()} | {_stem(w) for w in (*_STOP, *own)}
     return tuple(sorted({_stem(w) for w in normal(generated).split()
                          if w not in _STOP and _stem(w) not in known and not genres.get(w, frozenset()) & set(item.genres)}))
 
@@ -123,7 +127,7 @@ class LLMExplainer:
                  config: LLMExplainerConfig | None = None, adapter: AdapterRef | None = None, cowatch: CoWatch | None = None,
                  claims: ClaimChecker | None = None):
         """`claims`: when given, a reason that states something outside the catalog and the history (a plot, a cast,
-        an unwatched title: `agents.claims`) is rejected like an ungrounded one, so only checkable words ship."""
+        a title not in the history: `explain.claims`) is rejected like an ungrounded one, so only checkable words ship."""
         self.claims = claims
         self.engine = engine
         self.prompts = prompts
@@ -132,7 +136,8 @@ class LLMExplainer:
         self.adapter = adapter
         self.cowatch = cowatch if cowatch is not None else CoWatch({})
         self.domain = load_domain(prompts.config.domain)
-        """The words for each genre, so that a reason that only paraphrases the item's genres is not shipped."""
+        """The evidence's verb, and the words for each genre, so that a reason that only paraphrases the item's genres is
+        not shipped."""
 
     def evidence(self, history: Sequence[Item], item: Item) -> tuple[str, tuple[str, ...]]:
         """(the filled-in evidence, the history items it cites): co-watch figures, or else the most related watched item."""
@@ -140,7 +145,7 @@ class LLMExplainer:
         if best is None:
             related = self.prompts.related(history, item)
             anchor = related[0] if related else None
-        text = evidence(item, history, self.cowatch, anchor=anchor, label=safe_label)
+        text = evidence(item, history, self.cowatch, anchor=anchor, label=safe_label, domain=self.domain)
         named = (best[0],) if best else (anchor.item_id,) if anchor and safe_label(anchor) in text else ()
         return text, self.validate(text, history, item, text)[0] or named
 

@@ -5,6 +5,8 @@ Rules, each a named problem when broken:
 - `unwatched-title`: every catalog title it names must be in the history or be the recommended item;
 - `wrong-genre`: every genre word it uses must belong to the recommended item or a cited history item;
 - `wrong-year`: every year it states must be the recommended item's or a cited item's;
+- a title that is only an article ("A", from Book-Crossing's "Gravity (A)") is no title, and a year in parentheses
+  right after a title is that title's year (a label, "Lord Foul's Bane (1984)"), not the title "1984";
 - an author (`Item.attributes`) of the recommended item or of a history item, named unquoted, is not read as a title
   ("by Clive Cussler" is not the book "Clive Cussler"); whether the author is the right one is `explain.claims`' check;
 - `instruction`: it must not carry instructions (prompt injection smuggled through item text);
@@ -37,6 +39,7 @@ PEOPLE_ATTRIBUTES = ("author",)
 """Item attributes that name a person, whom an explanation may name (`authors`)."""
 _YEAR = re.compile(r"^(1[89]\d\d|20\d\d)$")
 _QUOTED = re.compile(r"[\"“”]([^\"“”]*)[\"“”]")
+_LABEL_GAP = re.compile(r"[\s\"'”’)]*\(")  # what stands between a title's last word and its label's "(year)"
 
 
 def authors(items: Iterable[Item]) -> list[str]:
@@ -96,8 +99,8 @@ class GroundingValidator:
 
     def _add(self, form: str, item_id: str) -> None:
         words = tuple(WORD.findall(fold(form)))
-        if not words:
-            return
+        if not words or all(w.lower() in ARTICLE_WORDS for w in words):
+            return  # "A" of Book-Crossing's "Gravity (A)" is an inverted article, not a title: it would match every "a"
         entry = self.titles.setdefault(tuple(w.lower() for w in words), _Title())
         entry.ids.add(item_id)
         entry.cased.add(words)
@@ -139,6 +142,9 @@ class GroundingValidator:
                     left[n] = None
         i = 0
         while i < len(words):  # unquoted: the longest title starting at each word
+            if i and left[i - 1] is None and self._labels_year(parsed, i):
+                i += 1  # "Fargo (1996)": the label's year, which the year check reads
+                continue
             match = next((j for j in range(min(len(words), i + self.longest), i, -1)
                           if None not in left[i:j] and not any(person[i:j]) and parsed.key(i, j) in self.titles
                           and self._unquoted(parsed, i, j, self.titles[parsed.key(i, j)])), None)
@@ -149,6 +155,14 @@ class GroundingValidator:
             left[i:match] = [None] * (match - i)
             i = match
         return found, left
+
+    @staticmethod
+    def _labels_year(parsed: _Text, n: int) -> bool:
+        """Whether word `n`, right after a title's words, is a year in parentheses: a label's year ("Fargo (1996)",
+        `"Lord Foul's Bane (Book 1)" (1984)`), not the title "1984". It stays in the words left over for the year check."""
+        _, start, end = parsed.words[n]
+        return (bool(_YEAR.match(parsed.words[n][0])) and parsed.text[end:end + 1] == ")"
+                and bool(_LABEL_GAP.fullmatch(parsed.text[parsed.words[n - 1][2]:start])))
 
     def check(self, text: str, history: Sequence[Item], target: Item) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(cited history item ids, problems); no problems means the explanation is grounded."""

@@ -1,5 +1,9 @@
 """Typed errors. The CLI maps each to a one-line message and an exit code; nothing else should escape."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 
 class LLMRecError(Exception):
     """Base of every error llmrec reports to a user."""
@@ -17,6 +21,20 @@ class UnknownItem(LLMRecError):
 
 class UnknownScenario(LLMRecError):
     exit_code = 3
+
+
+class NoRoute(UnknownScenario):
+    """`--scenario auto` (or a chat with no scenario) found no single scenario to serve a request (exit 3).
+
+    `options`: the (scenario, score) pairs weighed, best first: a text's similarity to each scenario, or how many of a
+    history's items each catalog holds. `askable`: each option could serve the request as it stands (an ambiguous text,
+    ids held by several catalogs), so asking the person which one they mean is an answer; when False (a mix of catalogs,
+    items or a user no catalog holds) the request itself must change."""
+
+    def __init__(self, message: str, options: Sequence[tuple[str, float]] = (), askable: bool = False):
+        super().__init__(message)
+        self.options = tuple(options)
+        self.askable = askable
 
 
 class EmptyHistory(LLMRecError):

@@ -3,9 +3,13 @@
 A history is routed by catalogs: the scenario whose dataset's catalog holds every item. Item ids can collide across
 catalogs (ML-100K's are "1".."1682", ML-1M's "1".."3952"), so the router takes the set of catalogs that hold *all*
 the ids: one catalog routes; several is ambiguous; none is either "no catalog holds these items" or, when each item is
-held somewhere, "these items come from different catalogs" naming them. A free-text request (a chat's first message)
-is routed by MiniLM similarity of the text to each scenario's domain and description, and only with a margin over
-the runner-up. Nothing is guessed: every failure is a `NoRoute` (exit 3) that carries the options it weighed.
+held somewhere, "these items come from different catalogs" naming them. A user id is routed the same way, by the
+datasets that hold the user (ids collide too: "196" is in ML-100K and ML-1M). A free-text request (a chat's first
+message) is routed by MiniLM similarity of the text to each scenario's domain and description, and only with a
+margin over the runner-up; when only one scenario's data is on disk, that one serves any text. Nothing is guessed:
+every failure is a `NoRoute` (`llmrec.errors`, exit 3) that carries the options it weighed, and says whether asking
+the person which one they mean is an answer (`askable`: an ambiguous text or colliding ids) or the request must
+change (a mix of catalogs, items or a user no catalog holds).
 
 Scenarios that share a catalog are one option, served by its preferred scenario: a built-in first, then by name.
 Only scenarios whose data is on disk count (a built-in dataset not yet imported is left out, with a note), so routing
@@ -21,17 +25,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmrec.errors import UnknownScenario
+from llmrec.errors import NoRoute
 from llmrec.scenario import Scenario, builtin_names, load_scenario, scenario_names
 from llmrec.settings import Settings
-
-
-class NoRoute(UnknownScenario):
-    """No single scenario fits (exit 3); `options` are the (scenario, similarity or held items) pairs weighed."""
-
-    def __init__(self, message: str, options: Sequence[tuple[str, float]] = ()):
-        super().__init__(message)
-        self.options = tuple(options)
 
 
 class RouterConfig(BaseModel):
@@ -63,7 +59,8 @@ class _Catalog:
 
     def label(self) -> str:
         others = [s.name for s in self.scenarios if s.name != self.scenario.name]
-        return f"{self.scenario.name} ({self.dataset}{'; also ' + ', '.join(others) if others else ''})"
+        dataset = Path(self.dataset).name or self.dataset  # a folder by its name, not its whole path
+        return f"{self.scenario.name} ({dataset}{'; also ' + ', '.join(others) if others else ''})"
 
 
 def _item_file(dataset: str, home: Path) -> Path | None:
@@ -91,6 +88,7 @@ class Router:
         self.notes: list[str] = []
         self._embedder = embedder
         self._catalogs: list[_Catalog] | None = None
+        self._user_ids: dict[str, frozenset[str]] = {}
 
     def catalogs(self) -> list[_Catalog]:
         """One entry per catalog on disk, with the scenarios that serve it (read once)."""
@@ -126,7 +124,8 @@ class Router:
         if len(holding) > 1:
             names = " and ".join(c.label() for c in holding)
             raise NoRoute(f"ambiguous history: the catalogs of {names} each hold all {len(ids)} item(s) (ids collide across "
-                          "catalogs); name the scenario with --scenario", [(c.scenario.name, float(len(ids))) for c in holding])
+                          "catalogs); name the scenario with --scenario", [(c.scenario.name, float(len(ids))) for c in holding],
+                          askable=True)
         held = [(c, [i for i in ids if i in c.ids]) for c in catalogs]
         held = [(c, found) for c, found in held if found]
         orphans = [i for i in ids if not any(i in c.ids for c, _ in held)]
@@ -140,11 +139,38 @@ class Router:
         raise NoRoute(f"the history's items come from {kind}: {'; '.join(parts)}; give one catalog's items, or name the "
                       "scenario with --scenario", [(c.scenario.name, float(len(found))) for c, found in held])
 
+    def for_user(self, user_id: str) -> Route:
+        """The scenario whose dataset holds `user_id`; `NoRoute` for none (not askable) or several (askable: ids collide)."""
+        catalogs = self.catalogs()
+        holding = [c for c in catalogs if user_id in self._users(c)]
+        if len(holding) == 1:
+            chosen = holding[0]
+            return Route(chosen.scenario.name, f"routed to {chosen.label()}: user {user_id!r} is in its data, and in no other "
+                                               "scenario's", ((chosen.scenario.name, 1.0),))
+        if holding:
+            raise NoRoute(f"ambiguous user: {user_id!r} is a user of {' and '.join(c.label() for c in holding)} (ids collide "
+                          "across datasets); name the scenario with --scenario", [(c.scenario.name, 1.0) for c in holding],
+                          askable=True)
+        raise NoRoute(f"unknown user {user_id!r}: no scenario's data holds it; scenarios weighed: "
+                      f"{', '.join(c.label() for c in catalogs) or 'none'}")
+
+    def describe(self, name: str, chars: int = 60) -> str:
+        """`name (the first sentence of its description, cut to about `chars`)`: how a question names an option."""
+        text = load_scenario(name, self.home).description.strip()
+        first = text.split(". ")[0].rstrip(".")
+        if len(first) > chars:
+            first = first[:chars].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+        return f"{name} ({first})" if first else name
+
     def for_text(self, text: str) -> Route:
         """The scenario whose domain and description are most like `text` (MiniLM cosine), by `margin` over the next."""
         catalogs = [c for c in self.catalogs() if c.scenarios]
         if not text.strip() or not catalogs:
             raise NoRoute("nothing to route: " + ("the text is empty" if catalogs else "no scenario's data is on disk"))
+        if len(catalogs) == 1:
+            only = catalogs[0]
+            return Route(only.scenario.name, f"routed to {only.label()}: the only scenario whose data is on disk",
+                         ((only.scenario.name, 1.0),))
         texts = [[_describe(s) for s in c.scenarios] for c in catalogs]
         vectors = self.embedder().encode([text, *[t for group in texts for t in group]])
         query, rest = vectors[0], vectors[1:]
@@ -157,9 +183,10 @@ class Router:
         shown = " or ".join(f"{name} ({score:.2f})" for name, score in options[:3])
         best = scores[order[0]]
         if best < self.config.min_similarity:
-            raise NoRoute(f"no scenario matches this text: the closest is {shown}; name the scenario with --scenario", options)
-        if len(order) > 1 and best - scores[order[1]] < self.config.margin:
-            raise NoRoute(f"ambiguous: {shown}; name the scenario with --scenario", options)
+            raise NoRoute(f"no scenario matches this text: the closest is {shown}; name the scenario with --scenario", options,
+                          askable=True)
+        if best - scores[order[1]] < self.config.margin:
+            raise NoRoute(f"ambiguous: {shown}; name the scenario with --scenario", options, askable=True)
         chosen = catalogs[order[0]]
         runner = f", {options[1][0]} {options[1][1]:.2f}" if len(options) > 1 else ""
         return Route(chosen.scenario.name, f"routed to {chosen.label()}: the text is most like its description "
@@ -172,6 +199,21 @@ class Router:
             self._embedder = SentenceEmbedder(ensure_minilm(self.home))
         return self._embedder
 
+    def _users(self, catalog: _Catalog) -> frozenset[str]:
+        """The user ids of a catalog's dataset (its `.inter` file, and its `.user` file if any), read once."""
+        if catalog.dataset not in self._user_ids:
+            from llmrec.data.catalog import read_atomic
+
+            item_file = _item_file(catalog.dataset, self.home)
+            users: set[str] = set()
+            if item_file is not None:
+                for suffix in (".inter", ".user"):
+                    path = item_file.with_suffix(suffix)
+                    if path.is_file():
+                        users.update(read_atomic(path, required=("user_id",)).column("user_id"))
+            self._user_ids[catalog.dataset] = frozenset(users)
+        return self._user_ids[catalog.dataset]
+
     def _show(self, ids: Sequence[str]) -> str:
         cut = self.config.shown
         return ", ".join(ids[:cut]) + (f" and {len(ids) - cut} more" if len(ids) > cut else "")
@@ -181,4 +223,4 @@ def _describe(scenario: Scenario) -> str:
     return f"{scenario.domain}s. {scenario.description}".strip()
 
 
-__all__ = ["NoRoute", "Route", "Router", "RouterConfig"]
+__all__ = ["NoRoute", "Route", "Router", "RouterConfig"]  # NoRoute lives in llmrec.errors; re-exported for old imports

@@ -79,6 +79,7 @@ def test_titles_in_the_history_or_the_item_itself_are_not():
     ("of the movie's themes of redemption and personal growth", "plot", "themes of redemption"),
     ("it tells the story of a woman who joins the army", "plot", "tells the story of a woman who joins the army"),
     ("it is based on a true story", "plot", "based on a true story"),
+    ("it is a classic that has been widely acclaimed", "people", "widely acclaimed"),
     ("of the 34 people who watched it", "figure", "34 people who watched it"),  # a real generated reason
     ("90% of viewers loved it", "figure", "90% of viewers loved it"),
 ])
@@ -142,3 +143,13 @@ def test_an_author_is_not_read_as_a_title_of_the_same_words():
 def test_movies_still_flag_people():
     assert outside("written by Amy Tan") == [("people", "written by Amy Tan")]
     assert outside("a book about a hero") == [("plot", "book about a hero")]  # "book" is a plot cue for movies
+
+
+def test_books_reasons_generated_on_book_crossing_are_checked_in_books_words():
+    """Reasons SmolLM2 wrote for Book-Crossing users (issue 18.7); "book" is the domain's word there, not a plot cue."""
+    history = [BOOK["b3"]]
+    assert book_claims("it is a book about justice and the justice system", BOOK["b1"], history) == [
+        ("plot", "about justice", True)]
+    assert book_claims("it is a classic book that has been widely acclaimed", BOOK["b1"], history) == [
+        ("people", "widely acclaimed", True)]
+    assert book_claims("it is a classic novel by Amy Tan", BOOK["b1"], history) == [("people", "Amy Tan", False)]

@@ -99,3 +99,42 @@ def test_on_movielens_toy_story_is_not_like_fargo_but_aladdin_is_like_toy_story(
     assert evidence(aladdin, [toy], cowatch, anchor=toy).startswith("Like Toy Story (1995)")
     assert evidence(jedi, [star_wars], cowatch, anchor=star_wars).startswith("Like Star Wars (1977)")
     assert not cowatch.close(by_title(dataset, "Lion King, The").item_id, fargo.item_id)
+
+
+# --- the domain's words (issue 18.7): a books list said "people who watched" -------------------------------------------
+
+DUNE = Item(item_id="b8", title="Dune", year=1965, genres=("Science Fiction",))
+FOUNDATION = Item(item_id="b9", title="Foundation", year=1951, genres=("Science Fiction",))
+
+
+def test_the_evidence_speaks_the_domains_words_and_its_figures_are_masked():
+    from llmrec.domains import load_domain
+    from llmrec.explain.evidence import mask_figures
+
+    cowatch = CoWatch(histories([(12, ["b8", "b9"]), (30, ["b8"])]))
+    books = load_domain("books")
+    text = evidence(FOUNDATION, [DUNE], cowatch, domain=books)
+    assert text == "Of the 42 people who read Dune (1965), 12 also read it; both are Science Fiction."
+    assert mask_figures(text) == "Of the # people who read Dune (1965), # also read it; both are Science Fiction."
+    assert evidence(FOUNDATION, [], cowatch, domain=books) == "Read by 12 people here."
+    generic = evidence(FOUNDATION, [DUNE], cowatch, domain=load_domain("item"))
+    assert mask_figures(generic) == "Of the # people who interacted with Dune (1965), # also interacted with it; both are Science Fiction."
+    assert "watch" not in text + generic  # and movies keep their words, as the tests above check
+
+
+def test_a_books_explainer_writes_read_and_ships_a_grounded_reason():
+    from llmrec.domains import load_domain
+    from llmrec.explain.claims import ClaimChecker
+    from llmrec.prompts import ExplainPromptConfig
+
+    cowatch = CoWatch(histories([(12, ["b8", "b9"]), (30, ["b8"])]))
+    catalog = [DUNE, FOUNDATION, Item(item_id="b0", title="Gravity (A)", year=1999)]  # "A": no title (test_grounding)
+    validator = GroundingValidator(catalog)
+    explainer = LLMExplainer(ScriptedEngine(text=lambda p: " it is a galactic empire saga, a good read."),
+                             ExplainPromptBuilder(ExplainPromptConfig(domain="book")), validator, cowatch=cowatch,
+                             claims=ClaimChecker(catalog, validator, domain=load_domain("book")))
+    [e] = explainer.explain([DUNE], [FOUNDATION])
+    assert e.source == "llm" and e.problems == () and e.text.startswith("Of the 42 people who read Dune (1965), 12 also read it")
+    [plain] = LLMExplainer(ScriptedEngine(text=lambda p: " it is a book you will read."), ExplainPromptBuilder(ExplainPromptConfig(domain="book")),
+                           validator, cowatch=cowatch).explain([DUNE], [FOUNDATION])
+    assert plain.source == "template" and "no-new-information" in plain.problems  # "book" and "read" say nothing new

@@ -110,3 +110,25 @@ def test_every_ml100k_title_is_recognised_quoted_in_both_orders(home):
               if not any(item.item_id in ids for ids in validator.mentions(f'you may like "{form}" because')[0])]
     assert missed == []
     assert len([i for i in items if ", The" in i.title]) > 300  # the article-inverted titles are among them
+
+
+# --- Book-Crossing's titles (issue 18.7): every generated books reason was rejected as `unwatched-title` ---------------
+
+BOOKS = [
+    Item(item_id="0671016784", title="Gravity (A)", year=1999),  # Book-Crossing's own inverted article: "A" is no title
+    Item(item_id="0451524934", title="1984", year=1950),
+    Item(item_id="0345348656", title="Lord Foul's Bane (The Chronicles of Thomas Covenant the Unbeliever, Book 1)", year=1984),
+    Item(item_id="0446349461", title="Happy Are Those Who Thirst for Justice", year=1987),
+]
+
+
+def test_an_article_alone_is_not_a_title_and_a_labels_year_is_not_one():
+    validator = GroundingValidator(BOOKS)
+    history, target = [BOOKS[2]], BOOKS[3]
+    text = ("Of the # people who read Lord Foul's Bane (The Chronicles of Thomas Covenant the Unbeliever, Book 1) (1984), "
+            '# also read it. You may like "Happy Are Those Who Thirst for Justice" because it is a book with a twist.')
+    assert validator.check(text, history, target) == ((BOOKS[2].item_id,), ())
+    # the titles themselves still count: "Gravity" by its main title, "1984" unquoted and quoted
+    assert validator.check(f"{text[:-1]}, like Gravity.", history, target)[1] == ("unwatched-title",)
+    assert validator.check(f'{text[:-1]}, like "1984".', history, target)[1] == ("unwatched-title",)
+    assert validator.check(f"{text[:-1]}, as in 1984.", history, target)[1] == ("unwatched-title",)

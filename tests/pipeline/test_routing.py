@@ -120,3 +120,49 @@ def test_real_movielens_and_book_crossing(tmp_path, settings, home):
         router.for_history(["1", "0440234743"])
     assert router.for_text("recommend me a novel by a good author").scenario == "books"
     assert router.for_text("a movie to watch tonight, maybe a comedy film").scenario == "movies"
+
+
+def test_noroute_is_the_typed_error_and_says_whether_asking_helps(router):
+    from llmrec import errors
+
+    assert NoRoute is errors.NoRoute and issubclass(NoRoute, errors.UnknownScenario)
+    with pytest.raises(NoRoute) as ambiguous:
+        router.for_history(["4", "5"])
+    with pytest.raises(NoRoute) as mixed:
+        router.for_history(["1", "a"])
+    with pytest.raises(NoRoute) as nowhere:
+        router.for_history(["zz"])
+    assert ambiguous.value.askable and not mixed.value.askable and not nowhere.value.askable
+    router._embedder = FakeEmbedder()
+    with pytest.raises(NoRoute) as unclear:
+        router.for_text("a film of a book")
+    assert unclear.value.askable
+
+
+def test_a_user_routes_by_the_data_that_holds_it(tmp_path, settings):
+    home = tmp_path / "home"
+    films = catalog(tmp_path, "films", ["1", "2"])  # user u1
+    books = tmp_path / "books"
+    books.mkdir()
+    (books / "books.item").write_text("item_id:token\ttitle:token_seq\na\tA Book\n")
+    (books / "books.inter").write_text("user_id:token\titem_id:token\nu1\ta\nu2\ta\n")
+    scenario(home, "films", str(films), "movie", "Feature films.")
+    scenario(home, "books", str(books), "book", "Novels.")
+    router = Router(settings.model_copy(update={"home": home}), scenarios=["films", "books"])
+    route = router.for_user("u2")
+    assert route.scenario == "books" and route.reason == "routed to books (books): user 'u2' is in its data, and in no other scenario's"
+    with pytest.raises(NoRoute, match="ambiguous user: 'u1' is a user of") as both:
+        router.for_user("u1")
+    assert both.value.askable and {name for name, _ in both.value.options} == {"films", "books"}
+    with pytest.raises(NoRoute, match="unknown user 'u9'") as nobody:
+        router.for_user("u9")
+    assert not nobody.value.askable and nobody.value.exit_code == 3
+
+
+def test_with_one_scenario_on_disk_any_text_goes_there_and_options_are_described(tmp_path, settings):
+    home = tmp_path / "home"
+    scenario(home, "films", str(catalog(tmp_path, "films", ["1"])), "movie", "Feature films from the nineties, with ratings. More.")
+    router = Router(settings.model_copy(update={"home": home}), scenarios=["films"], embedder=object())  # never asked
+    assert router.for_text("hello").reason == "routed to films (films): the only scenario whose data is on disk"
+    assert router.describe("films") == "films (Feature films from the nineties, with ratings)"
+    assert router.describe("films", chars=20) == "films (Feature films from …)"  # cut at a word
