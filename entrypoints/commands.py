@@ -104,21 +104,43 @@ def merge_adapters(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def chat(settings: Settings, args: argparse.Namespace) -> int:
-    """A terminal conversation: each stdin line is a message, each reply goes to stdout (so it works through a pipe)."""
+    """A terminal conversation: each stdin line is a message, each reply goes to stdout (so it works through a pipe).
+
+    With no --scenario (or `auto`) the session is routed (`agents.routed`): by --user or --history when given, else by
+    its first message; the first reply says which scenario and why, or asks which one is meant. A continued session
+    keeps the scenario it started with."""
     import uuid
 
-    from llmrec.agents.conversation import ChatConfig, build_agent
+    from llmrec.agents.conversation import ChatConfig
+    from llmrec.agents.routed import RoutedChat
+    from llmrec.domains import load_domain
+    from llmrec.errors import NoRoute
 
     history = None if args.history is None else tuple(i.strip() for i in args.history.split(",") if i.strip())
     options = {"k": args.k, "planner": args.planner, "llm_understanding": args.llm_understanding and not args.no_llm_understanding}
-    agent = build_agent(settings, args.scenario, config=ChatConfig(**{k: v for k, v in options.items() if v is not None}), progress=False)
-    print_notes(agent.stages.dataset.report.notes)
-    agent.stages.base_history(args.user, history)  # an unknown user or item fails here (exit 3), before the LLM loads
+    routed = RoutedChat(settings, config=ChatConfig(**{k: v for k, v in options.items() if v is not None}), progress=False)
     session = args.session or uuid.uuid4().hex[:8]
+    scenario = args.scenario if args.scenario not in (None, "auto") else None
+    if scenario is not None:
+        routed.bind(session, scenario)  # a session started on another scenario is refused (exit 3)
+    elif (scenario := routed.scenario(session)) is None and (args.user is not None or history):
+        try:  # a user or items that no scenario holds fail here (exit 3), before the LLM loads
+            scenario = routed.route(user_id=args.user, history=history).scenario
+        except NoRoute as refused:
+            if not refused.askable:
+                raise
+        print_notes(routed.router.notes)
+    agent = routed.agent(scenario) if scenario is not None else None
+    if agent is not None:
+        print_notes(agent.stages.dataset.report.notes)
+        agent.stages.base_history(args.user, history)  # an unknown user or item fails here (exit 3), before the LLM loads
     interactive = sys.stdin.isatty()
     print(f"session {session} (continue it with --session {session}); Ctrl-D ends it", file=sys.stderr)
-    if args.user is None and not history and agent.state(session) is None:
-        print("No history: tell me genres, an era or a movie you liked.", file=sys.stderr)
+    fresh = agent.state(session) is None if agent is not None else routed.bindings.get(session) is None
+    if args.user is None and not history and fresh:
+        offer = f"a {load_domain(agent.stages.pipeline.scenario.domain).noun} you liked" if agent is not None else (
+            f"a title you liked (I recommend from: {', '.join(c.scenario.name for c in routed.router.catalogs())})")
+        print(f"No history: tell me genres, an era or {offer}.", file=sys.stderr)
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
@@ -126,7 +148,7 @@ def chat(settings: Settings, args: argparse.Namespace) -> int:
         if not line:
             return 0
         if line.strip():
-            print(agent.say(session, line.strip(), user_id=args.user, history=history).reply + "\n", flush=True)
+            print(routed.say(session, line.strip(), user_id=args.user, history=history).reply + "\n", flush=True)
 
 
 def fit_fusion(settings: Settings, args: argparse.Namespace) -> int:
@@ -282,6 +304,15 @@ def serve_llm(settings: Settings, args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def serve(settings: Settings, args: argparse.Namespace) -> int:
+    """`llmrec serve`: the REST service (`llmrec.entrypoints.api`) on uvicorn; SIGTERM drains in-flight requests."""
+    from llmrec.entrypoints.api.server import run
+    from llmrec.entrypoints.api.settings import ServiceSettings
+
+    service = ServiceSettings(**{k: getattr(args, k) for k in ("host", "port", "scenario") if getattr(args, k, None) is not None})
+    return run(settings, service, access_log=not args.no_access_log)
+
+
 def eval_conversational(settings: Settings, args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -321,6 +352,26 @@ def eval(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A001 - t
     return 0
 
 
+def adapter_meta(settings: Settings, args: argparse.Namespace) -> int:
+    """`llmrec adapters meta`: Reptile over the sources' user groups, saved as a new scenario's embedding adapter."""
+    from llmrec.adapters.meta import MetaConfig, meta_adapter
+    from llmrec.engines.encoder import ItemEncoderConfig
+    from llmrec.engines.models import pick_dtype
+
+    sources = tuple(s.strip() for s in args.sources.split(",") if s.strip())
+    config = MetaConfig(sources=sources, encoder=ItemEncoderConfig(dtype=pick_dtype(settings.dtype)), meta_iterations=args.meta_iterations,
+                        meta_batch=args.meta_batch, task_users=args.task_users, inner_steps=args.inner_steps, epsilon=args.epsilon,
+                        epsilon_end=args.epsilon_end, seed=settings.seed)
+    path, manifest = meta_adapter(settings, config, args.into, force=args.force)
+    meta = manifest["meta"]
+    first, last = meta["curve"][0]["valid_ndcg10"], meta["curve"][-1]["valid_ndcg10"]
+    checks = ", ".join(f"{name} {first[name]:.4f} -> {last[name]:.4f}" for name in last)
+    print(f"meta-learned start saved in scenario {args.into} ({path}): {meta['tasks']} tasks in {manifest['wall_time_s']} s; inner loss "
+          f"{meta['inner_loss_first_50']:.3f} -> {meta['inner_loss_last_50']:.3f}; validation NDCG@10 of the start alone (full ranking): "
+          f"{checks}. Use it with `llmrec adapters curve --meta-from {args.into} --arms ...,meta` or `--init-from {args.into}`")
+    return 0
+
+
 def adapter_curve(settings: Settings, args: argparse.Namespace) -> int:
     """`llmrec adapters curve`: the few-shot / transfer curve of the embedding objective, with its controls."""
     from pathlib import Path
@@ -331,11 +382,32 @@ def adapter_curve(settings: Settings, args: argparse.Namespace) -> int:
     if "transfer" in arms and not args.init_from:
         arms = tuple(a for a in arms if a != "transfer")
         print("llmrec: note: no --init-from, so the transfer arm is left out", file=sys.stderr)
+    if "meta" in arms and not args.meta_from:
+        arms = tuple(a for a in arms if a != "meta")
+        print("llmrec: note: no --meta-from, so the meta arm is left out", file=sys.stderr)
     config = CurveConfig(scenario=args.scenario, init_from=args.init_from, shots=args.shots, seeds=args.seeds, arms=arms,
+                         meta_from=args.meta_from,
+                         seeds_all=args.seeds_all,
                          epochs=args.epochs, seed=settings.seed)
     report = run_curve(settings, config, Path(args.out), force=args.force)
     print(f"{report['test_users']} test users, {report['minutes']} min -> {args.out}/curve.md")
     from llmrec.adapters.curve import markdown
 
     print(markdown(report))
+    return 0
+
+
+def tallrec(settings: Settings, args: argparse.Namespace) -> int:
+    """`llmrec tallrec`: TALLRec's Book-Crossing protocol (`adapters.tallrec`), report.md / report.json in --out."""
+    from pathlib import Path
+
+    from llmrec.adapters.tallrec import TallrecConfig, run_tallrec
+    from llmrec.eval.tallrec import markdown
+
+    config = TallrecConfig(shots=args.shots, seeds=args.seeds, seed_caps=args.seeds_at, test=args.test, valid=args.valid,
+                           epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate, seed=args.seed,
+                           implicit_as_dislike=args.implicit_as_dislike)
+    report = run_tallrec(settings, config, Path(args.out), force=args.force)
+    print(markdown(report))
+    print(f"{report['minutes']} min -> {args.out}/report.md", file=sys.stderr)
     return 0

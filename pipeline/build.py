@@ -5,6 +5,7 @@ The ranker follows the scenario adapter's objective, looked up in `llmrec.object
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 
@@ -13,13 +14,15 @@ from llmrec.data.catalog import Dataset
 from llmrec.data.datasets import load_dataset
 from llmrec.data.split import LeaveOneOutSplit
 from llmrec.domains import load_domain
+from llmrec.engines.batching import BatchConfig, BatchingEngine
 from llmrec.engines.models import pick_dtype, resolve_model
 from llmrec.engines.vllm import EngineConfig, InProcessVLLM, ServerVLLM, verify_adapter
+from llmrec.errors import ChromaUnavailable, LLMUnavailable
 from llmrec.explain.claims import ClaimChecker
 from llmrec.explain.evidence import CoWatch
 from llmrec.explain.explainer import LLMExplainer
 from llmrec.explain.grounding import GroundingValidator
-from llmrec.manifest import objective_of
+from llmrec.manifest import display_name, objective_of
 from llmrec.objectives import RankerInputs
 from llmrec.pipeline.recommend import Pipeline
 from llmrec.prompts import ExplainPromptBuilder, ExplainPromptConfig
@@ -34,18 +37,33 @@ from llmrec.schemas import (
 )
 from llmrec.settings import Settings
 
+log = logging.getLogger(__name__)
 
-def make_engine(settings: Settings, adapters: int = 0) -> LLMEngine:
-    """In-process vLLM by default; the OpenAI-compatible server when `llm_url` is set."""
+
+def make_engine(settings: Settings, adapters: int = 0, batching: BatchConfig | None = None) -> LLMEngine:
+    """In-process vLLM by default; the OpenAI-compatible server when `llm_url` is set. With `batching`, behind a
+    batching queue that merges concurrent calls (`llmrec.engines.batching`; the service's engine).
+
+    A server that does not answer yet is not an error here: the engine takes the name `llmrec serve-llm` serves the
+    model under, and each call fails (LLMUnavailable, so answers degrade to the retriever's order) until it answers."""
     home = settings.resolved_home()
     model = resolve_model(settings.model, home)
+    engine: LLMEngine
     if settings.llm_url:
-        return ServerVLLM(settings.llm_url, tokenizer_source=model, timeout_s=settings.llm_timeout_s)
-    return InProcessVLLM(EngineConfig(
-        model=model, dtype=pick_dtype(settings.dtype), max_model_len=settings.max_model_len,
-        enforce_eager=settings.enforce_eager, kv_cache_gb=settings.kv_cache_gb, max_adapters=adapters,
-        timeout_s=settings.llm_timeout_s, seed=settings.seed,
-    ))
+        try:
+            engine = ServerVLLM(settings.llm_url, tokenizer_source=model, timeout_s=settings.llm_timeout_s)
+        except LLMUnavailable as exc:
+            log.warning("%s; answers keep the retriever's order until it answers", exc)
+            engine = ServerVLLM(settings.llm_url, tokenizer_source=model, model_name=display_name(model), timeout_s=settings.llm_timeout_s)
+    else:
+        engine = InProcessVLLM(EngineConfig(
+            model=model, dtype=pick_dtype(settings.dtype), max_model_len=settings.max_model_len,
+            enforce_eager=settings.enforce_eager, kv_cache_gb=settings.kv_cache_gb, max_adapters=adapters,
+            timeout_s=settings.llm_timeout_s, seed=settings.seed,
+        ))
+    if batching is not None:
+        engine = BatchingEngine(engine, batching.model_copy(update={"max_concurrent": 1}) if not settings.llm_url else batching)
+    return engine
 
 
 def build_index(settings: Settings, dataset: Dataset, progress: bool = True) -> CatalogIndex:
@@ -58,12 +76,22 @@ def build_index(settings: Settings, dataset: Dataset, progress: bool = True) -> 
 
 
 def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_histories: Mapping[str, Sequence[str]] | None = None,
-                   engine: LLMEngine | None = None, progress: bool = True) -> Pipeline:
-    """Build every stage for a scenario. `train_histories` restricts fitting (eval); default: all data."""
+                   engine: LLMEngine | None = None, progress: bool = True, batching: BatchConfig | None = None,
+                   chroma_optional: bool = False) -> Pipeline:
+    """Build every stage for a scenario. `train_histories` restricts fitting (eval); default: all data. `batching`: the
+    engine it makes goes behind a batching queue. `chroma_optional` (the service): a Chroma server that does not answer
+    is not an error; the index connects on first use, and until then answers come from co-occurrence and popularity."""
     home = settings.resolved_home()
     scenario = load_scenario(scenario_name, home)
     dataset = load_dataset(scenario.dataset, home)
-    index = build_index(settings, dataset, progress=progress)
+    try:
+        index = build_index(settings, dataset, progress=progress)
+    except ChromaUnavailable as exc:
+        if not chroma_optional:
+            raise
+        log.warning("%s; candidates come from co-occurrence and popularity until it answers", exc)
+        index = CatalogIndex(dataset.name, SentenceEmbedder(ensure_minilm(home)), home, IndexConfig(chroma_url=settings.chroma_url),
+                             source=dataset.source)
     histories = {u: list(v) for u, v in (train_histories or dataset.histories()).items()}
     retriever = HybridRetriever(index=index).fit(histories)
     adapter = scenario.adapter
@@ -73,9 +101,12 @@ def build_pipeline(settings: Settings, scenario_name: str = "movies", *, train_h
     objective = objectives.get(objective_of(adapter) if adapter is not None else objectives.DEFAULT)
     lora = adapter if objective.vllm_lora else None
     if engine is None:
-        engine = make_engine(settings, adapters=1 if lora else 0)
+        engine = make_engine(settings, adapters=1 if lora else 0, batching=batching)
     if lora is not None:
-        verify_adapter(engine, lora)  # in process and on a server alike (exit 6)
+        try:
+            verify_adapter(engine, lora)  # in process and on a server alike (exit 6)
+        except LLMUnavailable as exc:  # a server that does not answer yet: the adapter is checked on its first call
+            log.warning("adapter %s not checked yet: %s", lora.name, exc)
     weight, fusion_note = scenario.fusion.weight_for(engine.model_name, adapter, settings.permutations, scenario.name)
     base = getattr(getattr(engine, "config", None), "model", None) or resolve_model(settings.model, home)
     ranker = objective.build_ranker()(RankerInputs(settings, scenario, dataset.items, engine, base, adapter, weight, home, progress))

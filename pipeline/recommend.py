@@ -15,7 +15,12 @@ merely shares a word with X's (the catalog documents are "Title (year). Genres: 
 
 Concurrency: `Pipeline.recommend` is safe to call from several threads at once. After `build_pipeline` every
 stage is read-only (fitted retrievers, the catalog, the Chroma collection, which is opened while building); the
-in-process engine serialises its own calls, and a server engine takes concurrent requests.
+in-process engine serialises its own calls, and a server engine takes concurrent requests. Threads calling at once
+reach the engine one after another unless the engine is behind a batching queue (`build_pipeline(batching=...)`,
+`llmrec.engines.batching`: the service's engine), which merges their calls into one engine call.
+
+Degraded answers say so in their notes, each made from one of `DEGRADED_NOTES` (`degradation(notes)` reads them
+back, e.g. for the service's metrics and the chat's `degraded` flag).
 """
 
 from __future__ import annotations
@@ -49,6 +54,18 @@ from llmrec.schemas import (
     UserHistory,
 )
 from llmrec.settings import Settings
+
+LLM_DOWN = "the LLM was unavailable, so this is the retriever's order"
+CHROMA_DOWN = "Chroma was unavailable"
+SEARCH_DOWN = "the catalog search was unavailable"
+DEGRADED_NOTES = {"llm": LLM_DOWN, "chroma": CHROMA_DOWN, "chroma-search": SEARCH_DOWN}
+"""What each kind of degradation starts its note with."""
+
+
+def degradation(notes: Iterable[str]) -> tuple[str, ...]:
+    """The kinds of degradation (`DEGRADED_NOTES`' keys) that an answer's notes report, each once."""
+    found = [kind for note in notes for kind, start in DEGRADED_NOTES.items() if note.startswith(start)]
+    return tuple(dict.fromkeys(found))
 
 
 def popular_diverse(dataset: Dataset, popularity: Mapping[str, int], k: int, pool: int = 100) -> list[str]:
@@ -120,7 +137,7 @@ class Pipeline:
         except ChromaUnavailable as exc:
             if self.fallback_retriever is None:
                 raise
-            notes.append(f"Chroma was unavailable ({exc}); candidates come from co-occurrence and popularity only")
+            notes.append(f"{CHROMA_DOWN} ({exc}); candidates come from co-occurrence and popularity only")
             return self.fallback_retriever.retrieve(history, k)
 
     def retrieve_filtered(self, history: UserHistory, where: ItemFilter, notes: list[str],
@@ -148,7 +165,7 @@ class Pipeline:
                                 any_genres=self._anchor_genres(where.anchors))
             lists["catalog"] = [i for i in found if close(i)]
         except ChromaUnavailable as exc:
-            notes.append(f"the catalog search was unavailable ({exc}); candidates come from the history and popularity")
+            notes.append(f"{SEARCH_DOWN} ({exc}); candidates come from the history and popularity")
         lists["popular"] = [i for i in self.popular if ok(i)][: config.depth]
         weights = dict(config.weights)
         if not seen and not where.anchors:  # a cold start
@@ -311,7 +328,7 @@ class Pipeline:
             except LLMUnavailable as exc:
                 ranked, degraded_reason = retriever_order(candidates), str(exc)
                 history_used, history_dropped = len(history_items), 0
-                notes.append("the LLM was unavailable, so this is the retriever's order")
+                notes.append(LLM_DOWN)
         timings["rank"] = _ms(clock)
         top = (ranked + retriever_order(tail, start=len(ranked)))[: request.k]
         explanations, stats = None, None
