@@ -21,7 +21,8 @@ the inputs add up to, at most `MAX_LORA_RANK`). Ranks may therefore differ betwe
 tensors are the weights themselves, the deltas *from zero*: towers are trained from random starts, so there is no
 shared start to take deltas from (and deltas from the inputs' mean cancel pairwise for two inputs, which leaves TIES's
 sign election nothing to elect). The feature standardisation (`center`, `scale`) is the weights' normalised mean under
-every method. Caution: two towers trained apart are aligned only up to a rotation of their projection space, so their
+every method, after each input trained on another dataset than the merged scenario's has taken that dataset's own
+(`adapters.retarget`): a books+movies merge for books standardises books' item vectors as the books towers did. Caution: two towers trained apart are aligned only up to a rotation of their projection space, so their
 average may serve neither domain; `adapters.embedding.join` (the mean of the towers' scores) is the side-by-side form.
 
 Every merge is refused (AdapterMismatch, exit 6) for inputs of other base models or objectives, a missing adapter, a
@@ -220,8 +221,12 @@ def merge_lora(base_model: str, adapters: Sequence[AdapterSpec], weights: Sequen
 
 
 def merge_embedding(base_model: str, adapters: Sequence[AdapterSpec], weights: Sequence[float], method: str, out: Path,
-                    density: float = 0.5, seed: int = 0) -> dict:
-    """Merge `embedding` adapters' towers into `out` (which must not exist); returns what the manifest records."""
+                    density: float = 0.5, seed: int = 0, catalog: tuple[np.ndarray, np.ndarray] | None = None,
+                    foreign: Sequence[bool] = ()) -> dict:
+    """Merge `embedding` adapters' towers into `out` (which must not exist); returns what the manifest records.
+
+    `foreign[i]`: input i was trained on another catalog than the merged scenario's; its standardisation is replaced
+    by `catalog` (the merged scenario's (center, scale), `retarget.catalog_standardisation`) before the merge."""
     from safetensors.numpy import save_file
 
     from llmrec.ranking.embedding import WEIGHTS_FILE, load_two_tower
@@ -233,16 +238,30 @@ def merge_embedding(base_model: str, adapters: Sequence[AdapterSpec], weights: S
         raise AdapterMismatch(f"adapter(s) {', '.join(kept)} carry an encoder LoRA; merging supports frozen-encoder towers only")
     _same(manifests, "tower shapes", lambda m: (m.get("config") or {}).get("tower"))
     _same(manifests, "item encoders", lambda m: [(m.get("config") or {}).get("encoder"), m.get("item_text")])
-    towers = [load_two_tower(a, base_model)[0] for a in adapters]  # base model and tensors checked (exit 6)
-    shapes = {a.name: {k: list(v.shape) for k, v in t.tensors.items()} for a, t in zip(adapters, towers)}
+    towers = [load_two_tower(a, base_model)[0].tensors for a in adapters]  # base model and tensors checked (exit 6)
+    shapes = {a.name: {k: list(v.shape) for k, v in t.items()} for a, t in zip(adapters, towers)}
     _same({n: {"s": s} for n, s in shapes.items()}, "tensor shapes", lambda m: m["s"])
-    tensors = merge_towers([t.tensors for t in towers], weights, method, density, seed)
+    if any(foreign):
+        towers = [{**t, "center": catalog[0], "scale": catalog[1]} if away else t for t, away in zip(towers, foreign)]
+    tensors = merge_towers(towers, weights, method, density, seed)
     out.mkdir()
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(out / WEIGHTS_FILE))
     first = manifests[adapters[0].name]
     return {"base_model": first["base_model"], "item_text": first.get("item_text"),
             "config": {"tower": first["config"]["tower"], "encoder": first["config"]["encoder"]},
-            "deltas": "from zero (the tower weights themselves); center and scale: the weights' normalised mean"}
+            "deltas": "from zero (the tower weights themselves); center and scale: the weights' normalised mean",
+            "restandardised": [a.name for a, away in zip(adapters, foreign) if away]}
+
+
+def _catalog(base: str, dataset: str, home: Path, adapters: Sequence[AdapterSpec], trained_on: Sequence[str]) -> dict:
+    """merge_embedding's `catalog` and `foreign`: the merged scenario's standardisation, for inputs of other datasets."""
+    from llmrec.adapters.retarget import catalog_standardisation, same_dataset
+
+    foreign = [not same_dataset(d, dataset) for d in trained_on]
+    if not any(foreign):
+        return {}
+    encoder = (read_manifest(adapters[0].path).get("config") or {}).get("encoder") or {}
+    return {"catalog": catalog_standardisation(base, dataset, home, encoder), "foreign": foreign}
 
 
 def _sha256(path: Path) -> str | None:
@@ -278,8 +297,11 @@ def merge_adapters(settings, request: MergeRequest) -> tuple[Scenario, Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f"{request.into}.", dir=staging))
     try:
         folder = tmp / "adapter"
-        merge = merge_embedding if objective == objectives.EMBEDDING else merge_lora
-        info = merge(base, adapters, weights, request.method, folder, request.density, request.seed)
+        if objective == objectives.EMBEDDING:
+            info = merge_embedding(base, adapters, weights, request.method, folder, request.density, request.seed,
+                                   **_catalog(base, dataset, home, adapters, [s.dataset for _, s, _ in inputs]))
+        else:
+            info = merge_lora(base, adapters, weights, request.method, folder, request.density, request.seed)
         manifest = {"objective": objective, "scenario": request.into, "dataset": dataset, **info}
         if objective != objectives.EMBEDDING:
             manifest |= {"base_model": str(adapter_json(adapters[0], "adapter_config.json")["base_model_name_or_path"]),
