@@ -73,7 +73,7 @@ def standardisation(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return matrix.mean(0).astype(np.float32), (matrix.std(0) + 1e-6).astype(np.float32)
 
 
-class _Towers:
+class TrainableTowers:
     """The torch side of `TwoTower`: the same tensors, trainable."""
 
     def __init__(self, vectors: np.ndarray, config: TwoTowerConfig, seed: int, init: TwoTower | None = None):
@@ -151,7 +151,7 @@ def _train_one(vectors: ItemVectors, split: LeaveOneOutSplit, config: EmbeddingT
     With no selection users (a tiny few-shot run), the last epoch is kept."""
     import torch
 
-    towers = _Towers(vectors.matrix, config.tower, seed, init)
+    towers = TrainableTowers(vectors.matrix, config.tower, seed, init)
     optimizer = torch.optim.AdamW(towers.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
     hist, weights, target = (torch.from_numpy(a) for a in (data.history, data.weights, data.target))
