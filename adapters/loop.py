@@ -138,7 +138,7 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
     if not examples:
         raise LLMRecError("no training examples")
     fingerprint = fingerprint or data_fingerprint(examples)
-    step_fn = step_fn or _step
+    step_fn = step_fn or label_step
     key = run_key(base_model, fingerprint, config, objective)
     done = _finished_manifest(out_dir)
     if not resume and done.get("run_key") == key:
@@ -220,7 +220,7 @@ def train_lora(base_model: str, examples: list[RankingExample], out_dir: Path, c
     return manifest
 
 
-def _step(model, tokenizer, optimizer, batch: list[RankingExample], pad: int, autocast, device: str = "cpu") -> tuple[float, int]:
+def label_step(model, tokenizer, optimizer, batch: list[RankingExample], pad: int, autocast, device: str = "cpu") -> tuple[float, int]:
     """Label cross-entropy at the answer position (left-padded batch); (loss, prompt tokens)."""
     import torch
 

@@ -247,3 +247,23 @@ def convert_with_stats(raw: Path, out: Path) -> ConversionStats:
 def convert(raw: Path, out: Path) -> None:
     """`convert_with_stats` without the counts: the converter `BuiltinDataset` calls."""
     convert_with_stats(raw, out)
+
+
+def raw_ratings(raw: Path) -> tuple[dict[str, list[str]], dict[str, dict[str, int]]]:
+    """What `convert` drops, for protocols that need dislikes too (TALLRec's, `eval.tallrec`): (books, ratings).
+
+    `books`: normalised ISBN -> [title, author, raw year, publisher], cleaned and merged as `convert` does;
+    `ratings`: user -> {normalised ISBN: rating 0-10}, every rating of a book in the books file, in file order
+    (a repeated (user, ISBN) pair keeps its first rating). 0 is implicit ("interacted, not rated").
+    """
+    stats = ConversionStats()
+    books = _books(raw / RAW["books"][0], stats)
+    path = raw / RAW["ratings"][0]
+    ratings: dict[str, dict[str, int]] = {}
+    for number, (user, raw_isbn, rating) in _rows(path, RAW["ratings"][1]):
+        if not user.isdigit() or not rating.isdigit() or int(rating) > 10:
+            raise DatasetError(f"{path.name} line {number}: user {user[:20]!r} or rating {rating[:20]!r} is not a number (0-10)")
+        isbn = _isbn(raw_isbn)
+        if isbn in books:
+            ratings.setdefault(user, {}).setdefault(isbn, int(rating))
+    return books, ratings

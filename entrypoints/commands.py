@@ -404,9 +404,9 @@ def tallrec(settings: Settings, args: argparse.Namespace) -> int:
     from llmrec.adapters.tallrec import TallrecConfig, run_tallrec
     from llmrec.eval.tallrec import markdown
 
-    config = TallrecConfig(shots=args.shots, seeds=args.seeds, seed_caps=args.seeds_at, test=args.test, valid=args.valid,
-                           epochs=args.epochs, max_steps=args.max_steps, learning_rate=args.learning_rate, seed=args.seed,
-                           implicit_as_dislike=args.implicit_as_dislike)
+    given = {"shots": args.shots, "seeds": args.seeds, "seed_caps": args.seeds_at, "test": args.test, "valid": args.valid,
+             "epochs": args.epochs, "max_steps": args.max_steps, "learning_rate": args.learning_rate, "seed": args.seed}
+    config = TallrecConfig(**{k: v for k, v in given.items() if v is not None}, implicit_as_dislike=args.implicit_as_dislike)
     report = run_tallrec(settings, config, Path(args.out), force=args.force)
     print(markdown(report))
     print(f"{report['minutes']} min -> {args.out}/report.md", file=sys.stderr)
