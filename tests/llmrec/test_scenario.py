@@ -22,12 +22,27 @@ def test_builtin_books_scenario_loads_with_the_books_domain(tmp_path):
     from llmrec.domains import load_domain
     from llmrec.scenario import builtin_names
 
-    assert builtin_names() == ["books", "movies"]
+    assert builtin_names() == ["books", "movies", "movies-1m"]
     scenario = load_scenario("books", tmp_path)
     assert (scenario.dataset, scenario.domain, scenario.adapter, scenario.fusion.weight) == ("book-crossing", "book", None, None)
     assert "Book-Crossing" in scenario.description and "not temporal" in scenario.description
     domain = load_domain(scenario.domain)  # what the chat agent and the claim checker load for it
     assert domain is load_domain("books") and (domain.noun, domain.consumed) == ("book", "read")
+
+
+def test_builtin_movies_1m_scenario_loads_on_ml_1m_with_no_fitted_weight(tmp_path):
+    """`llmrec eval --dataset ml-1m --scenario movies-1m` on a fresh clone: the scenario ships with the package."""
+    from llmrec.domains import load_domain
+
+    scenario = load_scenario("movies-1m", tmp_path)
+    assert (scenario.dataset, scenario.domain, scenario.adapter) == ("ml-1m", "movie", None)
+    fit = scenario.fusion.fitted_on  # a fit the gate refused: its record ships, its weight does not
+    assert scenario.fusion.weight is None and fit.p_value > fit.alpha and fit.best_weight is not None
+    assert fit.selection_users + fit.gate_users == fit.users and set(fit.gate_grid) == {"inf", str(fit.best_weight)}
+    weight, note = scenario.fusion.weight_for("SmolLM2-135M-Instruct", None, 1, "movies-1m")
+    assert math.isinf(weight) and note is None  # the fit's own model: the retriever's order, with nothing to refit
+    assert "MovieLens-1M" in scenario.description and "temporal" in scenario.description
+    assert load_domain(scenario.domain).noun == "movie"
 
 
 def test_user_scenario_overrides_builtin_and_roundtrips(tmp_path):
@@ -38,7 +53,7 @@ def test_user_scenario_overrides_builtin_and_roundtrips(tmp_path):
 
 
 def test_unknown_and_malformed_scenarios_are_clear_errors(tmp_path):
-    with pytest.raises(UnknownScenario, match="unknown scenario 'nope'; known: books, movies"):
+    with pytest.raises(UnknownScenario, match="unknown scenario 'nope'; known: books, movies, movies-1m$"):
         load_scenario("nope", tmp_path)
     bad = tmp_path / "scenarios" / "bad" / "scenario.json"
     bad.parent.mkdir(parents=True)
