@@ -146,6 +146,7 @@ class Burst:
                         self.refused[n] = response.status_code
 
 
+@pytest.mark.slow  # two server start-ups: 66-126 s on the shared 2-core machine
 def test_sigkill_mid_burst_loses_no_acknowledged_event(serve_home, catalog, tmp_path):
     users, items = catalog
     server = Server(serve_home, tmp_path / "serve.log").start()

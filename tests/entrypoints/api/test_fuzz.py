@@ -5,15 +5,15 @@ ML-100K pipeline with the LLM ranking on the session's in-process engine, the re
 Every operation of `/openapi.json` gets generated requests, valid ones (positive), invalid ones (negative) and valid
 ones grounded in the data (positive, with each generated user and item id replaced by a real ML-100K one, so the
 requests get past "unknown user" into the pipeline, the engine, the store and the agent), once with a valid key and
-once without. No answer may be a 5xx or an exception out of the app; every answer must conform
-to the schema where schemathesis checks it (a documented status, its content type, the body against the documented
-model), and an invalid request must be refused with a 4xx.
+once without. No answer may be a 5xx or an exception out of the app; every answer must conform to the schema where
+schemathesis checks it (a documented status, its content type, the body against the documented model), and an invalid
+request must be refused with a 4xx. Failures are collected, not shrunk, and reported together with the request as
+curl and, for a 500, the server's traceback. The closing line gives how many cases ran.
 
 schemathesis 4.32.5 cannot validate a response whose OpenAPI 3.1 schema has a tuple (`prefixItems`, as pydantic
 writes `Profile.top_genres: tuple[tuple[str, int], ...]`): it rewrites the tuple into draft-4 `items: [...]` and then
 fails its own Draft 2020-12 meta-validation (`InvalidSchema`). For those answers the body is validated here against
-the documented schema as published, with a Draft 2020-12 validator, and schemathesis runs its other checks. Failures are collected, not shrunk, and reported together
-with the request as curl and, for a 500, the server's traceback. The closing line gives how many cases ran.
+the documented schema as published, with a Draft 2020-12 validator, and schemathesis runs its other checks.
 """
 
 from __future__ import annotations
