@@ -32,6 +32,7 @@ from llmrec.assets import unique_sibling_dir
 from llmrec.engines.models import trains_on_config_threads
 from llmrec.errors import LLMRecError, TrainingConflict, TrainingInterrupted
 from llmrec.objectives import LISTWISE as OBJECTIVE
+from llmrec.scenario import Scenario
 
 BUDGET_FIELDS = {"steps", "minutes", "checkpoint_every", "threads"}
 """Fields that may change between an interrupted run and its resume: they bound the run, not what it learns."""
@@ -281,3 +282,11 @@ def swap_in(staged: Path, target: Path) -> None:
         target.rename(old)
     staged.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def publish_scenario(staged: Path, scenario: Scenario, target: Path) -> None:
+    """Write `scenario` as staged/scenario.json beside the adapter staged there, then swap the folder in
+    as `target` (a user scenario's folder): a reader sees the old scenario or the whole new one, never half of it."""
+    (staged / "scenario.json").write_text(json.dumps(scenario.model_dump(mode="json"), indent=2) + "\n")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    swap_in(staged, target)

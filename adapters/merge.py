@@ -273,7 +273,7 @@ def merge_adapters(settings, request: MergeRequest) -> tuple[Scenario, Path]:
 
     The scenario's folder (scenario.json and the merged adapter) is built under `<home>/.partial/` and renamed into
     `<home>/scenarios/<into>` whole; a failure leaves nothing behind and the old scenario (with `force`) untouched."""
-    from llmrec.adapters.loop import swap_in
+    from llmrec.adapters.loop import publish_scenario
     from llmrec.assets import folder_hash
     from llmrec.data.datasets import BUILTINS
     from llmrec.engines.models import resolve_model
@@ -316,12 +316,7 @@ def merge_adapters(settings, request: MergeRequest) -> tuple[Scenario, Path]:
         parts = ", ".join(f"{i.scenario} ({i.weight:g})" for i, _, _ in inputs)
         scenario = Scenario(name=request.into, dataset=dataset, domain=domain, description=f"{request.method} merge of {parts}",
                             adapter=AdapterSpec(name=f"{request.into}-merged", path="adapter"))
-        (tmp / "scenario.json").write_text(json.dumps(scenario.model_dump(mode="json"), indent=2) + "\n")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            swap_in(tmp, target)
-        else:
-            tmp.rename(target)
+        publish_scenario(tmp, scenario, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed into place
     return load_scenario(request.into, home), target / "scenario.json"

@@ -21,7 +21,6 @@ a check; the last θ is kept.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -201,7 +200,7 @@ def meta_adapter(settings: Settings, config: MetaConfig, into: str, force: bool 
     """Reptile over `config.sources`, saved as the `embedding` adapter of a new scenario `into`; returns its
     scenario file and the manifest. Built under `<home>/.partial/` and renamed into place whole: a failure
     leaves nothing behind, and an existing scenario is replaced only with `force`."""
-    from llmrec.adapters.loop import swap_in
+    from llmrec.adapters.loop import publish_scenario
     from llmrec.data.datasets import load_dataset
     from llmrec.engines.encoder import item_vectors
     from llmrec.engines.models import resolve_model
@@ -237,12 +236,7 @@ def meta_adapter(settings: Settings, config: MetaConfig, into: str, force: bool 
         scenario = Scenario(name=into, dataset=first.dataset, domain=scenarios[0].domain, adapter=AdapterSpec(name=f"{into}-embedding", path=ADAPTER_FOLDER),
                             description=f"a Reptile meta-learned start for the embedding towers over user groups of {names}: a start "
                                         "for --init-from / --meta-from; no fusion weight is fitted (the retriever's order is served)")
-        (tmp / "scenario.json").write_text(json.dumps(scenario.model_dump(mode="json"), indent=2) + "\n")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            swap_in(tmp, target)
-        else:
-            tmp.rename(target)
+        publish_scenario(tmp, scenario, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed into place
     return target / "scenario.json", manifest

@@ -52,7 +52,7 @@ def retarget_adapter(settings, source: str, like: str, into: str, force: bool = 
     (AdapterMismatch, exit 6); `into` taken without `force`, or one of the two (RunConflict, exit 9)."""
     from safetensors.numpy import save_file
 
-    from llmrec.adapters.loop import swap_in
+    from llmrec.adapters.loop import publish_scenario
     from llmrec.assets import folder_hash
     from llmrec.engines.models import resolve_model
     from llmrec.ranking.embedding import WEIGHTS_FILE, load_two_tower
@@ -92,12 +92,7 @@ def retarget_adapter(settings, source: str, like: str, into: str, force: bool = 
         scenario = Scenario(name=into, dataset=template.dataset, domain=template.domain,
                             description=f"{source}'s {EMBEDDING} adapter on {like}'s catalog ({template.dataset})",
                             adapter=AdapterSpec(name=f"{into}-retargeted", path="adapter"))
-        (tmp / "scenario.json").write_text(json.dumps(scenario.model_dump(mode="json"), indent=2) + "\n")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            swap_in(tmp, target)
-        else:
-            tmp.rename(target)
+        publish_scenario(tmp, scenario, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already when renamed into place
     return load_scenario(into, home), target / "scenario.json"

@@ -125,9 +125,11 @@ class _Run:
                 model.save_pretrained(saves[done["steps"]])
             return result
 
+        # One torch thread, as `adapters.pointwise` trains: on a shared 2-core machine two threads ran several times slower
+        # (their barriers wait on a descheduled thread). Threads bound the run, not what it learns.
         lora = LoraTrainConfig(rank=config.rank, alpha=2 * config.rank, learning_rate=config.learning_rate, steps=last,
                                batch_size=config.batch_size, seed=seed, dtype=config.train_dtype, checkpoint_every=last,
-                               top_layers=config.top_layers)
+                               top_layers=config.top_layers, threads=1)
         manifest = train_lora(self.model, examples, saves[last], lora, progress=self.progress, objective=POINTWISE, step_fn=step,
                               manifest_extra={"protocol": "tallrec", "shots": shots, "prompt_template": self.prompts.config.template})
         trained = time.perf_counter()

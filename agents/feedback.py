@@ -72,6 +72,17 @@ class Profile(BaseModel):
     likes_here: int = Field(description="Likes and watches recorded through feedback.")
 
 
+class _Pending:
+    """An event waiting for its commit: the row id once committed, or the error that rolled it back."""
+
+    __slots__ = ("error", "row", "values")
+
+    def __init__(self, values: tuple[str, str, str, float]):
+        self.values = values
+        self.row: int | None = None
+        self.error: BaseException | None = None
+
+
 class FeedbackStore:
     """One SQLite file; safe to share between threads (one connection, one lock). SQLite failures (a corrupt file,
     a lock held past `timeout_s`) are `StoreError`s."""
@@ -81,6 +92,9 @@ class FeedbackStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.catalog = catalog
         self._lock = threading.Lock()
+        self._waiting = threading.Condition()  # guards the queue of events waiting for a commit
+        self._queue: list[_Pending] = []
+        self._committing = False
         with sqlite_errors(self.path):
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=timeout_s)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -96,21 +110,53 @@ class FeedbackStore:
         return str(self.pragma("journal_mode"))
 
     def record(self, user: str, item: str, event: Event) -> FeedbackEvent:
-        """Store one event and acknowledge it (its row id) after the commit; an unknown item is refused (exit 3)."""
+        """Store one event and acknowledge it (its row id) after the commit; an unknown item is refused (exit 3).
+
+        Group commit: events recorded at the same time from several threads share one transaction (one WAL fsync).
+        The first caller to find no commit under way commits every event waiting then, its own included; the others
+        wait for that commit (or lead the next one). Each caller still returns only once its own row is committed, and
+        a failed commit fails every caller in it: nothing is acknowledged that was rolled back."""
         if item not in self.catalog:
             raise UnknownItem(f"unknown item id {item!r}: feedback is only taken for catalog items")
         if event not in ("like", "watch", "dislike"):
             raise LLMRecError(f"unknown feedback event {event!r}: like, watch or dislike")
-        now = time.time()
-        with self._lock, sqlite_errors(self.path):
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute("INSERT INTO feedback (user, item, event, ts) VALUES (?, ?, ?, ?)", (user, item, event, now)).lastrowid
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return FeedbackEvent(id=int(row), user=user, item=item, event=event, ts=now)
+        mine = _Pending((user, item, event, time.time()))
+        with self._waiting:
+            self._queue.append(mine)
+            while mine.row is None and mine.error is None and self._committing:
+                self._waiting.wait()
+            if mine.row is None and mine.error is None:  # no commit under way, and mine is not done: lead the next one
+                batch, self._queue, self._committing = self._queue, [], True
+            else:
+                batch = []
+        if batch:
+            self._commit(batch)
+        if mine.error is not None:
+            raise mine.error
+        user, item, event, ts = mine.values
+        return FeedbackEvent(id=mine.row, user=user, item=item, event=event, ts=ts)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """One transaction for `batch`; then every waiting caller is woken (their rows, or the error)."""
+        try:
+            with self._lock, sqlite_errors(self.path):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    rows = [self._db.execute("INSERT INTO feedback (user, item, event, ts) VALUES (?, ?, ?, ?)", p.values).lastrowid
+                            for p in batch]
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            for pending, row in zip(batch, rows, strict=True):
+                pending.row = int(row)
+        except BaseException as error:  # noqa: BLE001 - every caller in the batch gets it, the leader re-raises it too
+            for pending in batch:
+                pending.error = error
+        finally:
+            with self._waiting:
+                self._committing = False
+                self._waiting.notify_all()
 
     def events(self, user: str) -> list[FeedbackEvent]:
         with self._lock, sqlite_errors(self.path):

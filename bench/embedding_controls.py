@@ -1,6 +1,7 @@
 """The `embedding` adapter against its two controls, paired, on the users and candidates of an `llmrec eval` report of it.
 
-    LLMREC_HOME=... .venv/bin/python bench/embedding_controls.py --scenario movies-1m-emb --report REPORT_DIR --out OUT_DIR
+    LLMREC_HOME=... .venv/bin/python bench/embedding_controls.py --scenario movies-1m-emb --arms random   # train, cache (parallel)
+    LLMREC_HOME=... .venv/bin/python bench/embedding_controls.py --scenario movies-1m-emb --report REPORT_DIR [--also PEERS_DIR] --out OUT
 
 The controls are the issue's, built as `llmrec adapters curve` builds them (`adapters/curve.py`): the same towers over
 seeded Gaussian item vectors of the LLM vectors' shape (`random`: item ids only, no text) and over the MiniLM sentence
@@ -14,8 +15,9 @@ belongs to `adapters`, a layer above `eval`. So this script takes the report's o
 hybrid's top N in rankings-hybrid.jsonl; for the user cold-start slice, rankings-cold-start-hybrid.jsonl), ranks them
 as the harness ranks `llmrec-embedding` (`eval.methods.rerank_head`: the towers' scores fused over the candidates, then
 the hybrid's order), and first re-ranks the adapter itself the same way to check it reproduces the report's rows
-user for user. Every row is paired-tested on per-user NDCG@10 (ranx, the report's test) against the hybrid and against
-the adapter's row of the same kind (fused vs `llmrec-embedding`, alone vs `embedding-only`): on all users, on the item
+user for user. Every method the report (and any `--also` report on the same split and users) exported is a row beside the
+controls, and every row is paired-tested on per-user NDCG@10 (ranx, the report's test) against the hybrid; the controls
+also against the adapter's row of the same kind (fused vs `llmrec-embedding`, alone vs `embedding-only`): on all users, on the item
 cold-start slice (test targets with at most the report's `cold_items_max` training interactions) and on the user
 cold-start slice. Trained control towers and their fits are cached in <home>/eval-cache/controls/<key>/.
 
@@ -54,6 +56,8 @@ from llmrec.schemas import UserHistory
 from llmrec.settings import Settings
 
 ARMS = ("random", "minilm")
+ORDER = ("popularity", "embedding", "cooccurrence", "hybrid", "oracle", "als", "knn", "sasrec", "llmrec-embedding", "embedding-only")
+"""Rows in this order (the retrievers, the peers, the adapter), then the controls."""
 BATCH = 256
 
 
@@ -223,6 +227,8 @@ def _score(args, report, scenario, dataset, split, llm, model, controls):
         reproduced["cold-start-embedding-only"] = sum(alone[u] == exported["cold-start-embedding-only"][u] for u in users)
     print(f"the adapter re-ranked here matches the report for {reproduced}", flush=True)
 
+    order = {name: n for n, name in enumerate(ORDER)}
+    exported = dict(sorted(exported.items(), key=lambda kv: order.get(kv[0].removeprefix("cold-start-"), len(order))))
     full = {name: ranked for name, ranked in exported.items() if not name.startswith("cold-start-")}
     cold = {name.removeprefix("cold-start-"): ranked for name, ranked in exported.items() if name.startswith("cold-start-")}
     for arm, (ranker, _) in controls.items():

@@ -89,3 +89,80 @@ def test_profile_summarises_history_and_feedback(store):
     assert profile.top_genres[:2] == (("Action", 2), ("Comedy", 2))
     assert profile.recent == ("Get Shorty (1995)", "GoldenEye (1995)", "Toy Story (1995)")
     assert profile.dislikes == ("Four Rooms (1995)",)
+
+
+class _Gate:
+    """The store's connection, with its first `BEGIN` held until the test opens the gate, and its commits counted
+    (or, with `fail_commit`, refused as SQLite refuses a commit on a full disk)."""
+
+    def __init__(self, db, fail_commit=False):
+        import threading
+
+        self.db, self.fail_commit, self.commits = db, fail_commit, 0
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def execute(self, sql, *args):
+        import sqlite3
+
+        if sql == "BEGIN IMMEDIATE" and not self.entered.is_set():
+            self.entered.set()
+            assert self.gate.wait(30)
+        if sql == "COMMIT":
+            if self.fail_commit:
+                raise sqlite3.OperationalError("database or disk is full")
+            self.commits += 1
+        return self.db.execute(sql, *args)
+
+    def close(self):
+        self.db.close()
+
+
+def _record_from_threads(store, gate, n):
+    """One event from a first thread (held in its commit), then n - 1 more from other threads while it is held."""
+    import threading
+    import time
+
+    results, errors = {}, {}
+
+    def one(i):
+        try:
+            results[i] = store.record(f"u{i}", "2", "like")
+        except Exception as error:  # noqa: BLE001 - the test looks at each caller's outcome
+            errors[i] = error
+
+    threads = [threading.Thread(target=one, args=(0,))]
+    threads[0].start()
+    assert gate.entered.wait(30)
+    threads += [threading.Thread(target=one, args=(i,)) for i in range(1, n)]
+    for t in threads[1:]:
+        t.start()
+    deadline = time.time() + 30
+    while len(store._queue) < n - 1 and time.time() < deadline:
+        time.sleep(0.01)
+    gate.gate.set()
+    for t in threads:
+        t.join(30)
+    return results, errors
+
+
+def test_events_recorded_together_share_one_commit_and_each_gets_its_own_row(store):
+    """Group commit: while one commit is under way, seven more events queue; they go in one more transaction, and every
+    caller gets its own committed row id."""
+    gate = _Gate(store._db)
+    store._db = gate
+    results, errors = _record_from_threads(store, gate, 8)
+    assert not errors and gate.commits == 2
+    assert sorted(e.id for e in results.values()) == list(range(1, 9))
+    for i, event in results.items():
+        assert [(e.id, e.item, e.event) for e in store.events(f"u{i}")] == [(event.id, "2", "like")]
+
+
+def test_a_failed_group_commit_fails_every_caller_in_it_and_stores_none(store):
+    from llmrec.errors import StoreError
+
+    gate = _Gate(store._db, fail_commit=True)
+    store._db = gate
+    results, errors = _record_from_threads(store, gate, 4)
+    assert not results and len(errors) == 4 and all(isinstance(e, StoreError) for e in errors.values())
+    store._db = gate.db
+    assert all(store.events(f"u{i}") == [] for i in range(4))
