@@ -61,12 +61,19 @@ class FeedbackEvent(BaseModel):
     ts: float
 
 
+class GenreCount(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    genre: str
+    count: int = Field(description="History items with this genre.")
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     user: str
     history_size: int
-    top_genres: tuple[tuple[str, int], ...] = Field(description="(genre, items) over the history, the most frequent first.")
+    top_genres: tuple[GenreCount, ...] = Field(description="Genres over the history, the most frequent first.")
     recent: tuple[str, ...] = Field(description="Labels of the most recent history items, newest first.")
     dislikes: tuple[str, ...] = Field(description="Labels of disliked items.")
     likes_here: int = Field(description="Likes and watches recorded through feedback.")
@@ -187,7 +194,7 @@ class FeedbackStore:
         history = self.history(user, base)
         counts = Counter(g for i in history for g in self.catalog[i].genres if g != "unknown")
         return Profile(user=user, history_size=len(history),
-                       top_genres=tuple(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:genres]),
+                       top_genres=tuple(GenreCount(genre=g, count=n) for g, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:genres]),
                        recent=tuple(self.catalog[i].label() for i in reversed(history[-recent:])),
                        dislikes=tuple(self.catalog[i].label() for i in self.disliked(user)),
                        likes_here=len(self.additions(user)))

@@ -61,7 +61,7 @@ def test_bad_tool_arguments_are_refused_by_the_schema(tools):
 def test_profile_and_explain_state_only_catalog_facts(tools, scripted_pipeline):
     profile = tools["get_profile"].invoke({})
     assert profile["history_size"] == len(scripted_pipeline.dataset.history("196").item_ids)
-    assert profile["top_genres"][0][0] in {g for i in scripted_pipeline.dataset.items.values() for g in i.genres}
+    assert profile["top_genres"][0]["genre"] in {g for i in scripted_pipeline.dataset.items.values() for g in i.genres}
     why = tools["explain"].invoke({"item": "1"})
     assert "people who watched" in why  # co-watch figures from the interaction log
 

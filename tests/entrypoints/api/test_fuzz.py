@@ -11,7 +11,7 @@ request must be refused with a 4xx. Failures are collected, not shrunk, and repo
 curl and, for a 500, the server's traceback. The closing line gives how many cases ran.
 
 schemathesis 4.32.5 cannot validate a response whose OpenAPI 3.1 schema has a tuple (`prefixItems`, as pydantic
-writes `Profile.top_genres: tuple[tuple[str, int], ...]`): it rewrites the tuple into draft-4 `items: [...]` and then
+writes `Item.attributes: tuple[tuple[str, str], ...]`, the (name, value) pairs a catalog's items carry): it rewrites the tuple into draft-4 `items: [...]` and then
 fails its own Draft 2020-12 meta-validation (`InvalidSchema`). For those answers the body is validated here against
 the documented schema as published, with a Draft 2020-12 validator, and schemathesis runs its other checks.
 """
