@@ -10,10 +10,11 @@ schemathesis checks it (a documented status, its content type, the body against 
 request must be refused with a 4xx. Failures are collected, not shrunk, and reported together with the request as
 curl and, for a 500, the server's traceback. The closing line gives how many cases ran.
 
-schemathesis 4.32.5 cannot validate a response whose OpenAPI 3.1 schema has a tuple (`prefixItems`, as pydantic
-writes `Item.attributes: tuple[tuple[str, str], ...]`, the (name, value) pairs a catalog's items carry): it rewrites the tuple into draft-4 `items: [...]` and then
-fails its own Draft 2020-12 meta-validation (`InvalidSchema`). For those answers the body is validated here against
-the documented schema as published, with a Draft 2020-12 validator, and schemathesis runs its other checks.
+schemathesis 4.32.5 cannot validate a response whose OpenAPI 3.1 schema has a tuple (`prefixItems`): it rewrites the
+tuple into draft-4 `items: [...]` and then fails its own Draft 2020-12 meta-validation (`InvalidSchema`). Such answers
+(`Profile.top_genres` was one, before it became `{genre, count}` objects) would be validated here against the
+documented schema as published, with a Draft 2020-12 validator, while schemathesis runs its other checks; the closing
+line counts them ("bodies validated here"; none in the last run, 758 cases).
 """
 
 from __future__ import annotations
