@@ -460,6 +460,12 @@ def chat_model(settings: Any, pipeline: Any) -> Any:
     return EngineChatModel(engine=pipeline.engine)
 
 
+def check_planner(config: ChatConfig, settings: Any) -> None:
+    """The 'tools' planner needs a served model with native tool calling (`--llm-url`): refused before any chat starts."""
+    if config.planner == "tools" and not settings.llm_url:
+        raise LLMRecError("the 'tools' planner needs a served model with tool calling: give --llm-url")
+
+
 def build_agent(settings: Any, scenario: str | None = None, *, pipeline: Any = None, config: ChatConfig | None = None,
                 model: Any = None, train_histories: Mapping[str, Sequence[str]] | None = None, progress: bool = True,
                 domain: Domain | None = None) -> Agent:
@@ -482,9 +488,6 @@ def build_agent(settings: Any, scenario: str | None = None, *, pipeline: Any = N
     model = model if model is not None else chat_model(settings, pipeline)
     understander = Understander(model, {g for i in items for g in i.genres}, decades(i.year for i in items),
                                 UnderstandConfig(use_llm=config.llm_understanding), is_title=resolver.is_title, domain=domain)
-    planner = None
-    if config.planner == "tools":
-        if not settings.llm_url:
-            raise LLMRecError("the 'tools' planner needs a served model with tool calling: give --llm-url")
-        planner = ToolPlanner(model, stages, config.max_tool_steps)
+    check_planner(config, settings)
+    planner = ToolPlanner(model, stages, config.max_tool_steps) if config.planner == "tools" else None
     return Agent(stages, understander, checkpointer(folder / f"checkpoints-{key}.sqlite", config.store_timeout_s), config, planner, domain)

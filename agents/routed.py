@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from llmrec.agents.constraints import Constraints
-from llmrec.agents.conversation import Agent, ChatConfig, TurnResult, build_agent
+from llmrec.agents.conversation import Agent, ChatConfig, TurnResult, build_agent, check_planner
 from llmrec.agents.feedback import sqlite_errors
-from llmrec.errors import LLMRecError, NoRoute, UnknownScenario
+from llmrec.errors import NoRoute, UnknownScenario
 from llmrec.pipeline.routing import Route, Router, RouterConfig
 from llmrec.schemas import ChatTurn
 from llmrec.text import fold
@@ -83,9 +83,7 @@ class RoutedChat:
                  answers: RouterConfig | None = None, progress: bool = False):
         self.settings = settings
         self.config = config or ChatConfig()
-        if self.config.planner == "tools" and not getattr(settings, "llm_url", None):
-            # refused here, not when the first agent is built: a session that first asks "which scenario?" builds none
-            raise LLMRecError("the 'tools' planner needs a served model with tool calling: give --llm-url")
+        check_planner(self.config, settings)  # here, not when the first agent is built: a session that asks "which scenario?" builds none
         self.router = router or Router(settings, scenarios)
         self.answers = answers or RouterConfig(margin=0.10, min_similarity=0.30)
         """How clearly an answer to "which do you mean?" must be like one option's description when it names none
